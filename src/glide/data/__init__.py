@@ -1,0 +1,67 @@
+"""Datasets, transforms and masks for training.
+
+Every dataset yields dicts ``{"image": FloatTensor [3, R, R] in [-1, 1], "caption": str, ...}``
+(optionally ``"label": int`` and JSON-able extras); ``collate`` batches them for a DataLoader and
+the trainer tokenises the captions with the model's tokenizer. ``build_dataset(spec, resolution)``
+turns a command-line string into the right dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from glide.data.common import IMAGE_EXTENSIONS, DataStats, collate
+from glide.data.emoji import EmojiDataset, find_emoji_font
+from glide.data.folder import CaptionTableDataset, ImageFolderDataset
+from glide.data.masks import random_mask, random_masks
+from glide.data.shapes import COLOURS, NUM_CLASSES, SHAPES, CaptionedShapes, caption_for, parse_caption
+from glide.data.transforms import ImageTransform, clean_caption, load_image, make_low_res
+from glide.data.webdataset import WebDatasetSource
+
+__all__ = [
+    "COLOURS", "IMAGE_EXTENSIONS", "NUM_CLASSES", "SHAPES",
+    "CaptionTableDataset", "CaptionedShapes", "DataStats", "EmojiDataset", "ImageFolderDataset",
+    "ImageTransform", "WebDatasetSource",
+    "build_dataset", "caption_for", "clean_caption", "collate", "find_emoji_font", "is_webdataset_spec",
+    "load_image", "make_low_res", "parse_caption", "random_mask", "random_masks",
+]
+
+_BRACES = re.compile(r"\{[^{}]*\.\.[^{}]*\}")
+
+
+def is_webdataset_spec(spec: str) -> bool:
+    """True for tar shard URLs: ending in ``.tar`` or using brace ranges like ``{000..009}``."""
+    return spec.endswith(".tar") or bool(_BRACES.search(spec)) or spec.startswith("pipe:")
+
+
+def build_dataset(spec: str, resolution: int, **kwargs: Any) -> Dataset:
+    """A dataset from a short string; ``kwargs`` go to the dataset's constructor.
+
+    ``"shapes"`` / ``"shapes:N"`` (N samples) -> CaptionedShapes; ``"emoji"`` -> EmojiDataset;
+    ``*.tar`` or a brace pattern ``data-{000..009}.tar`` -> WebDatasetSource; ``*.csv`` /
+    ``*.jsonl`` -> CaptionTableDataset; a directory -> ImageFolderDataset.
+    """
+    spec = str(spec)
+    name, _, arg = spec.partition(":")
+    if name == "shapes":
+        if arg:
+            if not arg.isdigit() or int(arg) <= 0:
+                raise ValueError(f"dataset spec {spec!r}: expected 'shapes:N' with N a positive integer")
+            kwargs.setdefault("length", int(arg))
+        return CaptionedShapes(resolution, **kwargs)
+    if spec == "emoji":
+        return EmojiDataset(resolution, **kwargs)
+    if is_webdataset_spec(spec):
+        return WebDatasetSource(spec, resolution, **kwargs)
+    if spec.lower().endswith((".csv", ".jsonl", ".ndjson")):
+        return CaptionTableDataset(spec, resolution, **kwargs)
+    if os.path.isdir(spec):
+        return ImageFolderDataset(spec, resolution, **kwargs)
+    reason = "no such file or directory" if not os.path.exists(spec) else "not a recognised dataset file"
+    raise ValueError(
+        f"cannot build a dataset from {spec!r} ({reason}); expected 'shapes', 'shapes:N', 'emoji', an image "
+        f"folder, a .csv/.jsonl caption table, or webdataset shards ('data-{{000..009}}.tar')")

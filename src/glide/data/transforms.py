@@ -1,0 +1,170 @@
+"""Image and caption preprocessing, and the degraded low-res input the upsampler trains on.
+
+Images leave this module as ``FloatTensor [3, R, R]`` in [-1, 1]. Resizing follows
+guided-diffusion's ``center_crop_arr``: halve with a BOX filter while the image is at least twice
+the target (cheap antialiasing), then BICUBIC so the shorter side equals the target, then crop the
+centre.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+Range = float | tuple[float, float] | None
+
+_WHITESPACE = re.compile(r"\s+")
+_INVISIBLE = {"\ufeff", "\u200b", "\u2060"}  # BOM, zero-width space, word joiner
+
+
+def clean_caption(text: str) -> str:
+    """NFC-normalise, drop control characters, collapse whitespace runs to one space, strip."""
+    text = unicodedata.normalize("NFC", text)
+    text = _WHITESPACE.sub(" ", text)
+    text = "".join(
+        ch for ch in text if ch not in _INVISIBLE and unicodedata.category(ch) not in ("Cc", "Cs")
+    )
+    return text.strip()
+
+
+def load_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Open and fully decode an image (a path or encoded bytes), upright per EXIF, as RGB.
+
+    Raises whatever Pillow raises for unreadable data (``OSError``, ``SyntaxError``, ...);
+    datasets catch it and skip the sample.
+    """
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    with Image.open(source) as image:
+        image.load()  # decode now so corrupt data fails here, not later
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels are composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16"):
+            array = array / 257.0
+        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize so the shorter side is ``resolution`` (BOX halving, then BICUBIC) and crop the centre."""
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
+    scale = resolution / min(image.size)
+    size = tuple(max(resolution, round(s * scale)) for s in image.size)
+    image = image.resize(size, resample=Image.Resampling.BICUBIC)
+    left = (image.width - resolution) // 2
+    top = (image.height - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> ``FloatTensor [3, H, W]`` in [-1, 1]."""
+    array = np.asarray(to_rgb(image), dtype=np.float32)
+    return torch.from_numpy(array / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_image(x: torch.Tensor) -> Image.Image:
+    """``[3, H, W]`` in [-1, 1] -> RGB PIL image (values clamped)."""
+    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+class ImageTransform:
+    """PIL image (any mode, any size) -> ``FloatTensor [3, resolution, resolution]`` in [-1, 1].
+
+    ``random_flip`` is off by default: captions may say "left" and "right".
+    """
+
+    def __init__(self, resolution: int, random_flip: bool = False):
+        if resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        self.resolution = resolution
+        self.random_flip = random_flip
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = image_to_tensor(resize_center_crop(to_rgb(image), self.resolution))
+        if self.random_flip and torch.rand((), generator=generator) < 0.5:
+            x = x.flip(-1)
+        return x
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(resolution={self.resolution}, random_flip={self.random_flip})"
+
+
+def _per_sample(value: Range, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A float, ``(low, high)`` (uniform per sample) or None (0) -> FloatTensor [batch]."""
+    if value is None:
+        return torch.zeros(batch)
+    if isinstance(value, Sequence):
+        low, high = (float(v) for v in value)
+        if high < low:
+            raise ValueError(f"range must be (low, high) with low <= high, got {value}")
+        device = generator.device if generator is not None else None
+        return low + (high - low) * torch.rand(batch, generator=generator, device=device).cpu()
+    return torch.full((batch,), float(value))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of ``x [B, C, H, W]`` with its own ``sigma [B]`` (pixels; 0 = unchanged)."""
+    b, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = min(radius, h - 1, w - 1)  # reflect padding needs radius < size
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    sigma = sigma.to(x).clamp_min(1e-6)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # [B*C, K]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def make_low_res(
+    image: torch.Tensor,
+    low_res_size: int,
+    blur_sigma: Range = None,
+    noise_std: Range = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The upsampler's conditioning input: ``image [B, 3, H, W]`` -> ``[B, 3, s, s]``, s = low_res_size.
+
+    Antialiased bicubic downsampling (clamped to [-1, 1]), then optional Gaussian blur (sigma in
+    low-res pixels) and additive Gaussian noise (std in [-1, 1] units, not clamped). ``blur_sigma``
+    and ``noise_std`` are a number or a ``(low, high)`` range drawn uniformly per image.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"make_low_res expects [B, 3, H, W], got shape {tuple(image.shape)}")
+    low = F.interpolate(image, size=(low_res_size, low_res_size), mode="bicubic", antialias=True,
+                        align_corners=False).clamp(-1, 1)
+    batch = image.shape[0]
+    sigma = _per_sample(blur_sigma, batch, generator)
+    if bool((sigma > 0).any()):
+        low = gaussian_blur(low, sigma)
+    std = _per_sample(noise_std, batch, generator)
+    if bool((std > 0).any()):
+        device = generator.device if generator is not None else low.device
+        noise = torch.randn(low.shape, generator=generator, device=device, dtype=low.dtype).to(low.device)
+        low = low + std.to(low)[:, None, None, None] * noise
+    return low
