@@ -27,9 +27,9 @@ TEXT2IM_PRESETS: dict[str, dict[str, Any]] = {
     "base-inpaint": dict(_OFFICIAL_BASE, inpaint=True),
     "upsample-inpaint": dict(_OFFICIAL_UPSAMPLE, inpaint=True),
     "tiny-base": dict(_OFFICIAL_BASE, **_TINY, channel_mult=(1, 2, 2)),
-    "tiny-upsample": dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=64, channel_mult=(1, 1, 2)),
+    "tiny-upsample": dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=128, channel_mult=(1, 1, 2)),
     "tiny-base-inpaint": dict(_OFFICIAL_BASE, **_TINY, channel_mult=(1, 2, 2), inpaint=True),
-    "tiny-upsample-inpaint": dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=64, channel_mult=(1, 1, 2), inpaint=True),
+    "tiny-upsample-inpaint": dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=128, channel_mult=(1, 1, 2), inpaint=True),
 }
 
 CLIP_PRESETS = ("clip-image-enc", "clip-text-enc")

@@ -324,7 +324,7 @@ class Text2ImUNet(UNetBackbone):
                     raise ValueError("pass tokens (and mask) or precomputed text= features")
                 text = self.encode_text(tokens, mask)
             emb = emb + text.xf_proj.to(emb)
-            encoder_out = text.xf_out
+            encoder_out = text.xf_out.to(self.dtype)
         h, hs = self.run_encoder(h, emb, encoder_out)
         return self.run_decoder(h, hs, emb, encoder_out, out_dtype=x.dtype)
 
