@@ -136,7 +136,8 @@ def test_every_sampler_with_cfg_clip_and_classifier_guidance_and_inpainting(samp
     image = torch.rand(1, 3, 64, 64) * 2 - 1
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., :, :32] = 1  # left half known
-    tokens, tmask = torch.randint(0, 1000, (1, 16)), torch.ones(1, 16, dtype=torch.bool)
+    ctx = model.config.text_ctx
+    tokens, tmask = torch.randint(0, 257, (1, ctx)), torch.ones(1, ctx, dtype=torch.bool)
     denoiser = text2im_denoiser(model, tokens, tmask, 3.0, inpaint_image=image, inpaint_mask=mask)
     classifier = NoisyClassifier(ClassifierConfig(num_classes=3, num_channels=32, num_res_blocks=1,
                                                   channel_mult=(1, 2), attention_resolutions=())).eval()

@@ -124,13 +124,14 @@ def test_bad_inputs_give_clear_errors():
     model = build_preset("tiny-base-inpaint").eval()
     x = torch.zeros(1, 3, 64, 64)
     t = torch.zeros(1, dtype=torch.long)
-    tokens, mask = torch.zeros(1, 16, dtype=torch.long), torch.ones(1, 16, dtype=torch.bool)
+    ctx = model.config.text_ctx
+    tokens, mask = torch.zeros(1, ctx, dtype=torch.long), torch.ones(1, ctx, dtype=torch.bool)
     with pytest.raises(ValueError, match="inpaint_image"):
         model(x, t, tokens, mask)
     with pytest.raises(ValueError, match=r"inpaint_mask must have shape \[1, 1, 64, 64\]"):
         model(x, t, tokens, mask, inpaint_image=x, inpaint_mask=torch.zeros(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"tokens must have shape \[batch, 16\]"):
-        model(x, t, torch.zeros(1, 20, dtype=torch.long), mask, inpaint_image=x, inpaint_mask=x[:, :1])
+    with pytest.raises(ValueError, match=rf"tokens must have shape \[batch, {ctx}\]"):
+        model(x, t, torch.zeros(1, ctx + 4, dtype=torch.long), mask, inpaint_image=x, inpaint_mask=x[:, :1])
 
 
 def test_grad_checkpointing_gives_same_gradients():
@@ -140,7 +141,8 @@ def test_grad_checkpointing_gives_same_gradients():
         torch.nn.init.normal_(p, std=0.02)
     x = torch.randn(2, 3, 64, 64)
     t = torch.tensor([3, 700])
-    tokens, mask = torch.randint(0, 50000, (2, 16)), torch.ones(2, 16, dtype=torch.bool)
+    ctx = model.config.text_ctx
+    tokens, mask = torch.randint(0, 257, (2, ctx)), torch.ones(2, ctx, dtype=torch.bool)
 
     def grads():
         model.zero_grad()

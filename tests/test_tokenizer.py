@@ -241,3 +241,16 @@ def test_vocab_files_in_the_cache_are_used_offline(vocab_dir, tmp_path, monkeypa
         data = gzip.decompress((vocab_dir / f"{name}.gz").read_bytes())
         (cache_dir() / "vocab" / name).write_bytes(data)
     assert GlideBPETokenizer().encode("a corgi") == [64, 1162, 12397]
+
+
+def test_byte_tokenizer_needs_no_vocabulary_and_pads_with_its_last_id():
+    from glide.tokenizer import ByteTokenizer, tokenizer_from_config
+
+    tok = tokenizer_from_config({"kind": "bytes"})
+    assert isinstance(tok, ByteTokenizer) and tok.to_config() == {"kind": "bytes"}
+    ids = tok.encode("Café")
+    assert ids == list("café".encode()) and tok.decode(ids) == "café"
+    tokens, mask = tok.batch(["ab", ""], 4)
+    assert tokens.tolist() == [[97, 98, 256, 256], [256, 256, 256, 256]]
+    assert mask.tolist() == [[True, True, False, False], [False] * 4]
+    assert tok.pad_id == tok.n_vocab - 1  # the empty-prompt rule of classifier-free guidance

@@ -13,6 +13,7 @@ Three tokenizers share one interface (see docs/design.md)::
   text ``<|endoftext|>`` never produces.
 * ``ClipTokenizer`` ({"kind": "clip-bpe"}): CLIP's SimpleTokenizer (49408 ids) used by the
   noised CLIP text encoder: start 49406, end 49407, zeros after.
+* ``ByteTokenizer`` ({"kind": "bytes"}): UTF-8 bytes, no vocabulary file (tiny/offline models).
 * ``TrainedBPETokenizer`` ({"kind": "bpe", "json": ...}): a byte-level BPE trained on captions
   with ``train_tokenizer`` for new models; its pad token is the last id, like GLIDE's.
 
@@ -405,6 +406,25 @@ class TrainedBPETokenizer(BaseTokenizer):
         return {"kind": "bpe", "json": self.to_json()}
 
 
+class ByteTokenizer(BaseTokenizer):
+    """UTF-8 bytes of the lower-cased text (ids 0-255) and a pad id 256: no vocabulary file at all.
+
+    For small models trained from scratch and for offline demos; ``{"kind": "bytes"}``.
+    """
+
+    n_vocab = 257
+    pad_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.lower().encode("utf-8"))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
+
+    def to_config(self) -> dict:
+        return {"kind": "bytes"}
+
+
 def train_tokenizer(captions: Iterable[str], vocab_size: int = 16384, *, min_frequency: int = 2) -> TrainedBPETokenizer:
     """Train a lower-cased byte-level BPE on ``captions``; ``vocab_size`` counts the pad token.
 
@@ -459,4 +479,8 @@ def tokenizer_from_config(cfg: dict) -> BaseTokenizer:
         if not isinstance(cfg.get("json"), str):
             raise ValueError('a "bpe" tokenizer config needs the tokenizer JSON string under "json"')
         return TrainedBPETokenizer.from_json(cfg["json"])
-    raise ValueError(f'unknown tokenizer config {cfg!r}: "kind" must be one of "glide-bpe", "clip-bpe", "bpe"')
+    if kind == "bytes":
+        return ByteTokenizer()
+    raise ValueError(
+        f'unknown tokenizer config {cfg!r}: "kind" must be one of "glide-bpe", "clip-bpe", "bpe", "bytes"'
+    )

@@ -18,7 +18,8 @@ _OFFICIAL_UPSAMPLE = dict(_OFFICIAL_BASE, image_size=256, num_res_blocks=2, nois
 # Tiny shapes (the reference fixtures' sizes): seconds on a CPU, for tests and the offline demo.
 _TINY = dict(
     num_channels=32, num_res_blocks=1, num_head_channels=16, attention_resolutions=(16, 8),
-    text_ctx=16, xf_width=32, xf_layers=1, xf_heads=2, dropout=0.0,
+    text_ctx=48, xf_width=32, xf_layers=1, xf_heads=2, dropout=0.0,
+    n_vocab=257, tokenizer={"kind": "bytes"},  # no vocabulary download needed
 )
 
 TEXT2IM_PRESETS: dict[str, dict[str, Any]] = {
