@@ -19,7 +19,9 @@ SHARED = Path(os.environ.get("GLIDE_SHARED", REPO_ROOT.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "glide_reference"
 VOCAB = SHARED / "vocab"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests run tiny models, where one thread is several times faster than two (thread hand-off
+# costs more than the work); multi-process tests (torchrun) set their own.
+torch.set_num_threads(1)
 
 
 def _require(path: Path) -> Path:

@@ -336,8 +336,9 @@ class UNetBackbone(nn.Module):
 
     def convert_to_half(self, dtype: torch.dtype = torch.float16) -> None:
         """Cast the blocks' convolutions to ``dtype``; norms, embeddings MLPs and ``out`` stay float32."""
-        for blocks in (self.input_blocks, self.middle_block, getattr(self, "output_blocks", [])):
-            for module in blocks.modules():
+        blocks = [self.input_blocks, self.middle_block] + ([self.output_blocks] if self.decoder else [])
+        for block in blocks:
+            for module in block.modules():
                 if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                     module.to(dtype)
 
