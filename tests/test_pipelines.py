@@ -86,6 +86,10 @@ def test_clip_guidance_and_reranking(text2im):
     scores = pipe.clip.score(candidates, tokens, lens, t=0).view(2, 3)
     best = candidates.view(2, 3, 3, 64, 64)[torch.arange(2), scores.argmax(1)]
     torch.testing.assert_close(reranked.samples, best, atol=1e-5, rtol=0)
+    two_best = pipe("a fox", rerank=3, num_images_per_prompt=2, base=FAST, seed=1, progress=False)
+    assert two_best.samples.shape == (2, 3, 64, 64) and two_best.prompts == ["a fox", "a fox"]
+    with pytest.raises(ValueError, match="must be >= num_images_per_prompt"):
+        pipe("a fox", rerank=1, num_images_per_prompt=2, progress=False)
 
 
 def test_inpainting_keeps_the_known_region():

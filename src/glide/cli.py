@@ -627,7 +627,7 @@ def _prepare(command: str, options: dict[str, Any], clip: str | None = None, gui
               help=f"Noised CLIP for --guidance clip and --rerank: '{OPENAI}' (clip-image-enc + clip-text-enc), "
                    f"a checkpoint path, or '{RANDOM_CLIP}' (tiny, untrained). Default when needed: {OPENAI}.")
 @click.option("--rerank", type=click.IntRange(min=1), metavar="N",
-              help="Draw N base samples per image and keep the best by CLIP score.")
+              help="Draw N base samples per prompt and keep the --batch best by noised-CLIP score.")
 @_command_body
 def sample(prompts: tuple[str, ...], guidance: str, clip: str | None, rerank: int | None, **options) -> None:
     """Generate images from text: 64 px base model, then the 4x upsampler.

@@ -211,8 +211,8 @@ class Text2ImagePipeline:
         guidance: ``"cfg"`` (classifier-free, ``guidance_scale`` default 3), ``"clip"`` (noised
         CLIP gradient, scale = grad_scale) or ``"none"``. ``base`` / ``upsample`` are
         :class:`StageOptions` (defaults: DPM-Solver++ 20 and 8 steps); ``upsample=False`` stops
-        at 64 px. ``rerank=N`` draws N candidates per image and keeps the best by noised-CLIP
-        score. ``callback(dict(stage, i, t, x, pred_xstart))`` runs after every step.
+        at 64 px. ``rerank=N`` draws N candidates per prompt and keeps the
+        ``num_images_per_prompt`` best by noised-CLIP score at t=0. ``callback(dict(stage, i, t, x, pred_xstart))`` runs after every step.
         """
         if guidance not in GUIDANCE_TYPES:
             raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE_TYPES)}")
@@ -232,15 +232,20 @@ class Text2ImagePipeline:
         elif guidance == "none":
             base_opts.guidance_scale = 1.0
 
-        candidates = prompts if not rerank else [p for p in prompts for _ in range(rerank)]
+        candidates = prompts
+        if rerank:  # draw `rerank` candidates per prompt, keep the num_images_per_prompt best
+            if rerank < num_images_per_prompt:
+                raise ValueError(f"rerank={rerank} must be >= num_images_per_prompt={num_images_per_prompt}")
+            candidates = [p for p in prompts[::num_images_per_prompt] for _ in range(rerank)]
         low_res = run_stage(self.base, candidates, base_opts, generator, cond_fn=cond_fn,
                             progress=progress, callback=_stage_callback(callback, "base"))
         if rerank:
-            low_res = self.rerank(low_res, candidates, keep=1, group=rerank)
+            low_res = self.rerank(low_res, candidates, keep=num_images_per_prompt, group=rerank)
         return self._upsample(prompts, low_res, upsample, upsample_temp, generator, progress, callback)
 
     def rerank(self, images: torch.Tensor, prompts: list[str], keep: int, group: int) -> torch.Tensor:
-        """Keep the ``keep`` best of each consecutive ``group`` of images by noised-CLIP score at t=0."""
+        """Keep the ``keep`` best of each consecutive ``group`` of images by noised-CLIP score at t=0,
+        best first."""
         tokens, lens = self.clip.tokenize(prompts)
         with torch.no_grad():
             scores = self.clip.score(images.to(_device_of(self.clip)), tokens, lens, t=0).view(-1, group)

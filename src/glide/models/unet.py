@@ -224,13 +224,17 @@ class AttentionBlock(nn.Module):
         heads = self.num_heads
         d = c // heads
         qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, T]
-        q, k, v = qkv.reshape(b, heads, 3 * d, -1).split(d, dim=2)  # each [B, H, d, T]
+        # Per head [q, k, v] channels -> [B, H, T, d] tensors. They are made contiguous on
+        # purpose: fused SDPA kernels need it and otherwise fall back to a ~4x slower path.
+        q, k, v = qkv.reshape(b, heads, 3 * d, -1).transpose(-1, -2).split(d, dim=-1)
+        q = q.contiguous()
         if encoder_out is not None:
             ekv = self.encoder_kv(encoder_out)  # [B, 2C, S]
-            ek, ev = ekv.reshape(b, heads, 2 * d, -1).split(d, dim=2)
-            k = torch.cat([ek, k], dim=-1)
-            v = torch.cat([ev, v], dim=-1)
-        h = attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))  # [B, H, T, d]
+            ek, ev = ekv.reshape(b, heads, 2 * d, -1).transpose(-1, -2).split(d, dim=-1)
+            k, v = torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2)  # text tokens first
+        else:
+            k, v = k.contiguous(), v.contiguous()
+        h = attention(q, k, v)  # [B, H, T, d]
         h = h.transpose(-1, -2).reshape(b, c, -1)
         return x + self.proj_out(h).reshape(b, c, *spatial)
 

@@ -1,0 +1,328 @@
+"""Sampling speed of the official-size GLIDE models, ours against a straightforward baseline.
+
+Measures, in one run on one machine (random weights: speed does not depend on them):
+
+1. Seconds per denoising step of the official-size base (385M) at batch 1 with classifier-free
+   guidance (one doubled batch of 2 per step):
+   * baseline: the official attention formulation (einsum, q and k scaled by d**-0.25, float32
+     softmax) and the text transformer re-run every step (the official model call
+     ``model(x, t, tokens, mask)``), float32;
+   * ours, float32: text features computed once per run, SDPA attention;
+   * ours, bf16: the half-precision path (convolutions and text transformer in bf16, norms
+     in float32), with its output's distance from float32.
+2. Seconds per step of the official-size upsampler (398M, 256 px, batch 1, no guidance).
+3. End-to-end text -> 256 px for the official notebook recipe (100 DDPM steps with CFG +
+   "fast27" upsampler steps) and for our default recipe (DPM-Solver++ 20 + 8 steps). On a CPU
+   the notebook recipe takes hours, so both are projected from the measured per-step medians
+   (text encoding + steps x step time); ``--e2e`` also runs our default recipe for real.
+4. Quality at fewer steps, on the reference fixture's tiny base model with CFG: the distance of
+   our default sampler's output from a 1000-step sampler's output from the same noise (the
+   probability-flow ODE solved with 1000 DDIM steps), and a Fréchet distance between sets of
+   1000-step DDPM samples and our default sampler's samples, next to the same distance between
+   two DDPM-1000 sets (the noise floor) and the notebook's DDPM-100.
+
+Run (2-core CPU: about 15-25 min; the malloc settings cut system time):
+
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736 \\
+    MALLOC_TOP_PAD_=1073741824 python benchmarks/sampling.py
+
+Options: ``--repeats N`` (timed steps per variant, interleaved), ``--skip-quality``,
+``--quality-samples N``, ``--e2e``, ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from glide.diffusion import GaussianDiffusion
+from glide.guidance import text2im_denoiser
+from glide.models import build_preset
+from glide.models.text2im import TransformerAttention
+from glide.models.unet import AttentionBlock
+from glide.pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, stage_diffusion
+from glide.sampling import sample
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def build(name: str, device, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_preset(name).eval()
+    for p in model.out.parameters():  # avoid the zero-initialised output (eps = 0 everywhere)
+        torch.nn.init.normal_(p, std=0.02)
+    return model.to(device)
+
+
+def half_copy(model, dtype, device):
+    copy = build_preset_like(model)
+    copy.load_state_dict(model.state_dict())
+    copy.convert_to_half(dtype)
+    return copy.to(device).eval()
+
+
+def build_preset_like(model):
+    from glide.models import build_model
+
+    with torch.device("meta"):
+        copy = build_model(model.config)
+    return copy.to_empty(device="cpu")
+
+
+@contextmanager
+def official_attention():
+    """The baseline: attention exactly as the official code computes it (einsum over
+    [B*heads, d, T] views, q and k each scaled by d**-0.25, softmax in float32), patched into
+    every attention layer of the U-Net and of the text transformer."""
+
+    def unet_attention(self, x, encoder_out=None):
+        b, c, *spatial = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, -1))
+        d = c // self.num_heads
+        q, k, v = qkv.reshape(b * self.num_heads, 3 * d, -1).split(d, dim=1)
+        if encoder_out is not None:
+            ek, ev = self.encoder_kv(encoder_out).reshape(b * self.num_heads, 2 * d, -1).split(d, dim=1)
+            k, v = torch.cat([ek, k], dim=-1), torch.cat([ev, v], dim=-1)
+        scale = d**-0.25
+        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+        h = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
+        return x + self.proj_out(h).reshape(b, c, *spatial)
+
+    def text_attention(self, x):
+        b, t, width = x.shape
+        qkv = self.c_qkv(x).view(b, t, self.heads, -1)
+        d = width // self.heads
+        q, k, v = qkv.split(d, dim=-1)
+        scale = d**-0.25
+        weight = torch.einsum("bthc,bshc->bhts", q * scale, k * scale)
+        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+        return self.c_proj(torch.einsum("bhts,bshc->bthc", weight, v).reshape(b, t, width))
+
+    saved = AttentionBlock.forward, TransformerAttention.forward
+    AttentionBlock.forward, TransformerAttention.forward = unet_attention, text_attention
+    try:
+        yield
+    finally:
+        AttentionBlock.forward, TransformerAttention.forward = saved
+
+
+def step_benchmark(args, device) -> dict:
+    half = torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+    base = build("base", device)
+    base_half = half_copy(base, half, device)
+    ctx = base.config.text_ctx
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50000, (1, ctx), generator=gen).to(device)
+    mask = torch.zeros(1, ctx, dtype=torch.bool, device=device)
+    mask[:, :12] = True
+    x = torch.randn(1, 3, 64, 64, generator=gen).to(device)
+    t = torch.tensor([500], device=device)
+    uncond = torch.full_like(tokens, base.config.n_vocab - 1), torch.zeros_like(mask)
+
+    def baseline_step():
+        # The official model function: the doubled batch re-encodes both captions every step.
+        with official_attention():
+            out = base(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, uncond[0]]),
+                       torch.cat([mask, uncond[1]]))
+        eps_c, eps_u = out[:1, :3], out[1:, :3]
+        return torch.cat([eps_u + 3.0 * (eps_c - eps_u), out[:1, 3:]], dim=1)
+
+    with torch.no_grad():
+        ours32 = text2im_denoiser(base, tokens, mask, 3.0)
+        ours16 = text2im_denoiser(base_half, tokens, mask, 3.0)
+        variants = {
+            "baseline fp32 (official attention, text every step)": baseline_step,
+            "ours fp32 (sdpa, text once)": lambda: ours32(x, t),
+            f"ours {str(half).split('.')[-1]} (sdpa, text once)": lambda: ours16(x, t),
+        }
+        ref = baseline_step()
+        outputs = {name: fn() for name, fn in variants.items()}  # warm-up, and outputs to compare
+        times = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, fn in variants.items():  # interleaved, so machine noise hits all alike
+                times[name].append(timed(fn, device))
+        text_time = statistics.median(timed(lambda: base.encode_text(torch.cat([tokens, uncond[0]]),
+                                                                  torch.cat([mask, uncond[1]])), device)
+                                      for _ in range(3))
+
+    rows = {}
+    base_median = statistics.median(times["baseline fp32 (official attention, text every step)"])
+    for name in variants:
+        median = statistics.median(times[name])
+        err = (outputs[name].float() - ref.float()).abs()
+        rows[name] = dict(seconds_per_step=median, ratio_to_baseline=median / base_median,
+                          max_abs_diff_vs_fp32=float(err.max()), mean_abs_diff_vs_fp32=float(err.mean()))
+
+    up = build("upsample", device)
+    up_half = half_copy(up, half, device)
+    low_res = torch.rand(1, 3, 64, 64, generator=gen).to(device) * 2 - 1
+    x_up = torch.randn(1, 3, 256, 256, generator=gen).to(device)
+    with torch.no_grad():
+        d32 = text2im_denoiser(up, tokens, mask, 1.0, low_res=low_res)
+        d16 = text2im_denoiser(up_half, tokens, mask, 1.0, low_res=low_res)
+        half_name = str(half).split(".")[-1]
+        up_variants = {"upsampler fp32": lambda: d32(x_up, t), f"upsampler {half_name}": lambda: d16(x_up, t)}
+        for fn in up_variants.values():
+            fn()
+        up_times = {name: [] for name in up_variants}
+        for _ in range(max(1, args.repeats - 1)):
+            for name, fn in up_variants.items():
+                up_times[name].append(timed(fn, device))
+    for name in up_variants:
+        rows[name] = dict(seconds_per_step=statistics.median(up_times[name]))
+    return dict(steps=rows, text_encoding_seconds=text_time, half=str(half).split(".")[-1])
+
+
+def recipe_steps(stage) -> int:
+    model_like = build_preset("tiny-base")  # only the schedule fields matter here
+    return stage_diffusion(model_like, stage).num_timesteps
+
+
+def project_e2e(step_rows: dict, text_time: float, half: str) -> dict:
+    n_nb_base, n_nb_up = recipe_steps(NOTEBOOK_BASE), recipe_steps(NOTEBOOK_UPSAMPLE)
+    n_base, n_up = recipe_steps(DEFAULT_BASE), recipe_steps(DEFAULT_UPSAMPLE)
+    s = {k: v["seconds_per_step"] for k, v in step_rows.items()}
+    baseline_step = s["baseline fp32 (official attention, text every step)"]
+    notebook = n_nb_base * baseline_step + n_nb_up * s["upsampler fp32"]
+    ours32 = text_time + n_base * s["ours fp32 (sdpa, text once)"] + n_up * s["upsampler fp32"]
+    ours16 = text_time + n_base * s[f"ours {half} (sdpa, text once)"] + n_up * s[f"upsampler {half}"]
+    return {
+        "notebook recipe (fp32, official implementation)": dict(base_steps=n_nb_base, upsample_steps=n_nb_up,
+                                                                 seconds=notebook),
+        "default recipe fp32": dict(base_steps=n_base, upsample_steps=n_up, seconds=ours32,
+                                    speedup_vs_notebook=notebook / ours32),
+        f"default recipe {half}": dict(base_steps=n_base, upsample_steps=n_up, seconds=ours16,
+                                       speedup_vs_notebook=notebook / ours16),
+        "same-precision step-count-only speedup": (n_nb_base + n_nb_up) / (n_base + n_up),
+    }
+
+
+def e2e_real(device, half) -> dict:
+    """Our default recipe, actually run end to end (prompt -> 256 px)."""
+    from glide.pipelines import Text2ImagePipeline
+
+    base, up = build("base", device), build("upsample", device)
+    if torch.device(device).type == "cuda":  # on CPUs without bf16 matrix units fp32 is faster
+        base.convert_to_half(torch.float16)
+        up.convert_to_half(torch.float16)
+    pipe = Text2ImagePipeline(base, up)
+    start = time.perf_counter()
+    out = pipe("an oil painting of a corgi", seed=0, progress=True)
+    return dict(seconds=time.perf_counter() - start, size=list(out.samples.shape))
+
+
+def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of feature vectors [N, D]."""
+    import numpy as np
+    from scipy import linalg
+
+    a, b = a.double().numpy(), b.double().numpy()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
+def _sample_set(denoiser, schedule, shape, progress, sampler, respacing, seed):
+    diffusion = GaussianDiffusion.from_schedule(schedule, respacing=respacing)
+    gen = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(shape, generator=gen)
+    with torch.no_grad():
+        return sample(sampler, denoiser, diffusion, x_T, generator=gen, progress=progress)
+
+
+def _pooled_features(x, cells):
+    """cells x cells average-pooled pixels: a cheap, model-free feature for the Fréchet distance."""
+    return torch.nn.functional.avg_pool2d(x, x.shape[-1] // cells).flatten(1)
+
+
+def quality(args) -> dict:
+    """Few-step samplers against 1000-step ones, on the reference fixture's tiny models (random
+    weights, real architecture and schedules): the base (cosine schedule, CFG 3) and the
+    upsampler (linear schedule)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.conftest import load_fixture
+    from tests.test_text2im_models import load_fixture_model
+
+    n = args.quality_samples
+    result = {"samples_per_set": n, "ode_reference": "DDIM with all 1000 steps, same x_T"}
+    for variant, steps_list, guidance in [("base", (10, 15, 20, 25), 3.0), ("upsample", (4, 5, 6, 8, 10), 1.0)]:
+        model = load_fixture_model(variant)
+        ref = load_fixture(f"{variant}_forward.pt")
+        size = ref["x_t"].shape[-1]
+        extra = {"low_res": ref["low_res"][:1].expand(n, -1, -1, -1)} if "low_res" in ref else {}
+        denoiser = text2im_denoiser(model, ref["tokens"][:1].expand(n, -1), ref["mask"][:1].expand(n, -1),
+                                    guidance, **extra)
+
+        run = partial(_sample_set, denoiser, model.config.noise_schedule, (n, 3, size, size), args.progress)
+
+        ode = run("ddim", "1000", 1)
+        rows = {}
+        for steps in steps_list:
+            for sampler in ("dpm++2m", "ddim"):
+                out = run(sampler, str(steps), 1)
+                rows[f"{sampler}-{steps}"] = float((out - ode).abs().mean())
+        result[f"{variant}: mean |x - x_ODE-1000| (pixels in [-1, 1])"] = rows
+        if variant == "base":
+            feats = partial(_pooled_features, cells=4)
+
+            a = feats(run("ddpm", "1000", 2))
+            result["base: Frechet distance to a DDPM-1000 sample set"] = {
+                "DDPM-1000, other seeds (noise floor)": frechet(a, feats(run("ddpm", "1000", 3))),
+                "DDPM-100 (notebook)": frechet(a, feats(run("ddpm", "100", 4))),
+                f"dpm++2m-{DEFAULT_BASE.steps} (ours)": frechet(
+                    a, feats(run("dpm++2m", str(DEFAULT_BASE.steps), 5))),
+            }
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--quality-samples", type=int, default=32)
+    parser.add_argument("--progress", action="store_true", help="progress bars for the quality runs")
+    parser.add_argument("--e2e", action="store_true", help="also run our default recipe end to end")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    report = dict(machine=dict(platform=platform.platform(), processor=platform.processor(),
+                               threads=torch.get_num_threads(), torch=torch.__version__, device=args.device))
+    if not args.skip_speed:
+        steps = step_benchmark(args, args.device)
+        report["per_step"] = steps
+        report["end_to_end_projected"] = project_e2e(steps["steps"], steps["text_encoding_seconds"], steps["half"])
+        if args.e2e:
+            report["end_to_end_measured_default_recipe"] = e2e_real(args.device, steps["half"])
+    if not args.skip_quality:
+        report["quality"] = quality(args)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
