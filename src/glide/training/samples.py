@@ -1,0 +1,110 @@
+"""Sample grids during training: fixed prompts (and, for upsampling / inpainting, fixed source
+images and masks) sampled with classifier-free guidance every ``--sample-every`` steps.
+
+The noise comes from a generator seeded with ``--seed``, so successive grids differ only by the
+weights, and sampling never touches the global RNG (a resumed run stays bit-identical).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import random_mask
+from ..data.transforms import tensor_to_image
+from ..diffusion import GaussianDiffusion
+from ..guidance import text2im_denoiser
+from ..sampling import default_respacing, sample
+from .config import TrainConfig
+from .ema import EMA
+from .stages import Text2ImStage
+
+
+class SampleGrid:
+    """Renders ``RUN/samples/step-XXXXXXXX.png`` for a text-to-image stage."""
+
+    def __init__(self, config: TrainConfig, stage: Text2ImStage, references: list[dict[str, Any]]):
+        self.config, self.stage = config, stage
+        n = config.num_samples
+        prompts = list(config.sample_prompts) or [r.get("caption", "") for r in references]
+        self.prompts = [prompts[i % len(prompts)] for i in range(n)]
+        images = [references[i % len(references)]["image"] for i in range(n)]
+        self.images = torch.stack(images)  # [n, 3, S, S] in [-1, 1]
+        generator = torch.Generator().manual_seed(config.seed)
+        h, w = self.images.shape[2:]
+        self.masks = torch.stack([random_mask(h, w, generator, full_prob=0.0) for _ in range(n)])
+
+    @torch.no_grad()
+    def render(self, bare: nn.Module, ema: EMA, step: int, run_dir: Path,
+               autocast=nullcontext) -> tuple[Path, torch.Tensor]:
+        """Sample the grid with ``--sample-weights`` and save it; returns (path, grid [3, H, W])."""
+        config = self.config
+        model = bare
+        if config.sample_weights != "model":
+            rate = float(config.sample_weights.split("-", 1)[1])
+            if rate not in ema.rates:
+                raise ValueError(f"--sample-weights {config.sample_weights}: no such EMA (rates {list(ema.rates)})")
+            model = copy.deepcopy(bare)
+            ema.copy_to(rate, model)
+        was_training = model.training
+        model.eval()
+        try:
+            grid = self._sample(model, autocast)
+        finally:
+            model.train(was_training)
+        path = Path(run_dir) / "samples" / f"step-{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensor_to_image(grid).save(path)
+        return path, grid
+
+    def _sample(self, model: nn.Module, autocast) -> torch.Tensor:
+        config, stage = self.config, self.stage
+        device = next(model.parameters()).device
+        tokens, mask = stage.tokenize(model, self.prompts)
+        images = self.images.to(device)
+        kwargs: dict[str, torch.Tensor] = {}
+        rows = []
+        if stage.super_res:
+            low_res = F.interpolate(images, size=stage.low_res_size, mode="bicubic", antialias=True).clamp(-1, 1)
+            kwargs["low_res"] = low_res
+            rows.append(F.interpolate(low_res, size=images.shape[2:], mode="nearest"))
+        denoised_fn = None
+        if stage.inpaint:
+            inpaint_mask = self.masks.to(device)
+            kwargs.update(inpaint_image=images, inpaint_mask=inpaint_mask)
+            rows.append(images * inpaint_mask)  # unknown pixels shown as grey (0)
+            denoised_fn = lambda x0: x0 * (1 - inpaint_mask) + images * inpaint_mask
+        denoiser = text2im_denoiser(model, tokens, mask, config.sample_guidance, **kwargs)
+
+        def run_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return denoiser(x, t).float()
+
+        c = model.config
+        diffusion = GaussianDiffusion.from_schedule(
+            c.noise_schedule, c.diffusion_steps, default_respacing(config.sample_sampler, config.sample_steps))
+        generator = torch.Generator().manual_seed(config.seed)
+        samples = sample(config.sample_sampler, run_model, diffusion, tuple(images.shape), generator=generator,
+                         denoised_fn=denoised_fn, device=device)
+        rows.append(samples)
+        if stage.super_res or stage.inpaint:
+            rows.append(images)
+        return make_grid(torch.cat(rows), columns=len(self.prompts))
+
+
+def make_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:
+    """``[N, 3, H, W]`` in [-1, 1] -> one ``[3, rows * (H + p) + p, columns * (W + p) + p]`` image."""
+    n, c, h, w = images.shape
+    rows = (n + columns - 1) // columns
+    grid = torch.ones(c, rows * (h + padding) + padding, columns * (w + padding) + padding)
+    for i, image in enumerate(images.detach().float().cpu()):
+        r, col = divmod(i, columns)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top:top + h, left:left + w] = image
+    return grid

@@ -1,0 +1,406 @@
+"""The trainer end to end on tiny models: every stage learns, resume is bit-exact (also after
+kill -9), bad input fails clearly, checkpoints load and sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from glide.checkpoints import load_model, read_checkpoint
+from glide.data import build_dataset, collate
+from glide.models import config_from_dict
+from glide.training import EMA, ConfigError, TrainConfig, TrainingInterrupted, learning_rate, train
+from glide.training.build import create_model
+from glide.training.cli import train_command
+from glide.training.distributed import LaunchError
+from glide.training.stages import Text2ImStage, evaluate_loss, make_stage
+from glide.training.state import ResumeError, list_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(out: Path, **overrides) -> TrainConfig:
+    """A seconds-long run: tiny U-Net at 16 px, 4 shapes images, a 300-token BPE trained on the captions."""
+    options = dict(
+        out=str(out), stage="base", model="tiny-base", image_size=16, model_overrides={"text_ctx": 24},
+        tokenizer="train:300", data="shapes:4", batch_size=4, steps=4, lr=1e-3, num_workers=0, log_every=1,
+        save_every=0, sample_every=0, ema=(0.9, 0.99), progress=False, tensorboard=False,
+    )
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)[0]
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differing = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differing, f"{len(differing)} of {len(a)} tensors differ, worst {max(differing.values()):.3g}"
+
+
+def metric_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------
+# Every stage lowers its loss on a fixed small batch
+
+STAGES = {
+    "base": dict(model="tiny-base"),
+    "upsample": dict(model="tiny-upsample", low_res_size=4, low_res_blur="0.2,0.6", low_res_noise="0,0.05"),
+    "inpaint": dict(model="tiny-base-inpaint"),
+    "upsample-inpaint": dict(model="tiny-upsample-inpaint", low_res_size=8),
+    "clip": dict(model="tiny-clip", model_overrides={}, tokenizer=None, lr=3e-4, batch_size=4, data="shapes:4"),
+    "classifier": dict(model="tiny-classifier", model_overrides={}, tokenizer=None, batch_size=4, data="shapes:4"),
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_lowers_the_loss(stage, tmp_path):
+    options = dict(steps=8, lr=3e-3, log_every=4, batch_size=2, data="shapes:2")
+    cfg = tiny(tmp_path / stage, stage=stage, **{**options, **STAGES[stage]})
+    run = train(cfg)
+
+    checkpoint = list_checkpoints(run)[-1]
+    trained = load_model(checkpoint, weights="model")
+    config = read_checkpoint(checkpoint / "model.safetensors")[1]
+    initial = create_model(config["model_type"], config_from_dict(config), cfg.seed)
+    dataset = build_dataset(cfg.data, trained.config.image_size)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    stage_ = make_stage(cfg, trained)
+    before, after = evaluate_loss(stage_, initial, batch), evaluate_loss(stage_, trained, batch)
+    assert after < 0.8 * before, f"{stage}: loss {before:.4f} -> {after:.4f}"
+    rows = metric_rows(run)
+    assert [r["step"] for r in rows] == [4, 8]
+    assert {"loss", "q0", "q3", "grad_norm", "lr", "images_per_s", "skipped_steps"} <= rows[-1].keys()
+    if stage not in ("clip", "classifier"):
+        assert {"mse", "vb"} <= rows[-1].keys()
+
+
+# ------------------------------------------------------------------------------------------
+# Resume: 3 steps + 3 more == 6 straight, bit for bit (also after kill -9 in the middle of a save)
+
+RESUME_OPTIONS = dict(steps=6, warmup_steps=2, model_overrides={"text_ctx": 24, "dropout": 0.1}, random_flip=True,
+                      data="shapes:6", batch_size=4, sample_every=6, sample_steps=2, num_samples=2)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """Six steps without interruption (dropout, caption dropout and flips all draw random numbers)."""
+    return train(tiny(tmp_path_factory.mktemp("straight") / "run", **RESUME_OPTIONS))
+
+
+def final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    checkpoint = list_checkpoints(run)[-1]
+    assert checkpoint.name == "step-00000006"
+    return {f.name: weights(f) for f in sorted(checkpoint.glob("*.safetensors"))}
+
+
+def test_resume_gives_the_same_weights(straight_run, tmp_path):
+    out = tmp_path / "resumed"
+    train(tiny(out, **{**RESUME_OPTIONS, "steps": 3}))
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000003"]
+    train(tiny(out, **RESUME_OPTIONS, resume="auto"))
+    expected, got = final_weights(straight_run), final_weights(out)
+    assert expected.keys() == got.keys() == {"model.safetensors", "ema-0.9.safetensors", "ema-0.99.safetensors"}
+    for name in expected:
+        assert_same(expected[name], got[name])
+    # metrics rows continue where the checkpoint was, without duplicates
+    assert [r["step"] for r in metric_rows(out)] == [1, 2, 3, 4, 5, 6]
+    state = torch.load(list_checkpoints(out)[-1] / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 6 and state["samples_seen"] == 24
+
+
+KILLER = """
+import os, signal, sys
+import torch
+torch.set_num_threads({threads})  # as in this process: float sums depend on the thread count
+import glide.training.state as state
+from glide.training import TrainConfig, train
+
+real_save = torch.save
+def save_then_die(obj, path, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step") == 4:  # step 4's model files are written, the state not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, path, *args, **kwargs)
+state.torch.save = save_then_die
+train(TrainConfig(**{config}))
+"""
+
+
+def test_kill_9_during_a_save_then_resume(straight_run, tmp_path):
+    out = tmp_path / "killed"
+    cfg = tiny(out, **RESUME_OPTIONS, save_every=2)
+    script = KILLER.replace("{config}", repr(cfg.to_dict())).replace("{threads}", str(torch.get_num_threads()))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
+    assert any(p.name.startswith(".tmp-step-00000004") for p in (out / "checkpoints").iterdir())
+
+    train(cfg.replace(resume="auto"))
+    assert not any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir())
+    expected, got = final_weights(straight_run), final_weights(out)
+    for name in expected:
+        assert_same(expected[name], got[name])
+
+
+def test_trained_run_loads_and_samples(straight_run):
+    from glide.diffusion import GaussianDiffusion
+    from glide.guidance import text2im_denoiser
+    from glide.sampling import sample
+
+    model = load_model(straight_run)  # the latest checkpoint, slowest EMA
+    assert_same(model.state_dict(), weights(straight_run / "checkpoints/step-00000006/ema-0.99.safetensors"))
+    tokens, mask = model.tokenize(["a small red circle", "a large blue square"])
+    denoiser = text2im_denoiser(model, tokens, mask, guidance_scale=3.0)
+    diffusion = GaussianDiffusion.from_schedule(model.config.noise_schedule, 1000, "3")
+    images = sample("ddim", denoiser, diffusion, (2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    assert (straight_run / "samples/step-00000006.png").is_file()
+    assert Image.open(straight_run / "samples/step-00000006.png").size[0] > 2 * 16
+    assert (straight_run / "config.yaml").is_file() and (straight_run / "metrics.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_refuses_a_folder_holding_another_run(straight_run, tmp_path):
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(tiny(straight_run))
+    out = tmp_path / "old"
+    (out / "checkpoints/step-00000009").mkdir(parents=True)
+    (out / "config.yaml").write_text("stage: base\n")
+    (out / "notes.txt").write_text("mine")
+    train(tiny(out, steps=1, overwrite=True))
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
+def test_resume_refuses_another_stage_or_shape(straight_run, tmp_path):
+    with pytest.raises(ResumeError, match="--stage base"):
+        train(tiny(tmp_path / "a", **{**RESUME_OPTIONS, "model": "tiny-upsample"}, stage="upsample",
+                   resume=str(straight_run)))
+    with pytest.raises(ResumeError, match="image_size=16"):
+        train(tiny(tmp_path / "b", **{**RESUME_OPTIONS, "image_size": 32}, resume=str(straight_run)))
+    with pytest.raises(ResumeError, match="no complete checkpoint"):
+        train(tiny(tmp_path / "c", resume=str(tmp_path)))
+
+
+def write_image_folder(root: Path, good: int = 4) -> Path:
+    root.mkdir(parents=True)
+    for i in range(good):
+        Image.new("RGB", (20, 20), (40 * i, 100, 200)).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"a picture number {i}")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "broken.txt").write_text("a broken picture")
+    Image.new("RGB", (20, 20)).save(root / "latin1.png")
+    (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    return root
+
+
+def test_corrupt_data_is_skipped_and_counted(tmp_path):
+    data = write_image_folder(tmp_path / "images")
+    run = train(tiny(tmp_path / "run", data=str(data), batch_size=2, steps=3, tokenizer="train:260"))
+    last = metric_rows(run)[-1]
+    assert last["skipped_images"] >= 1 and last["skipped_captions"] >= 1
+    assert "not UTF-8" in (run / "train.log").read_text() or last["skipped_captions"] >= 1
+
+
+def test_bad_data_fails_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="no such file or directory"):
+        train(tiny(tmp_path / "a", data=str(tmp_path / "missing")))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="no usable training data"):
+        train(tiny(tmp_path / "b", data=str(broken), tokenizer=None))
+    images = write_image_folder(tmp_path / "flat")
+    with pytest.raises(ConfigError, match="inside a class subfolder"):
+        train(tiny(tmp_path / "c", stage="classifier", model="tiny-classifier", model_overrides={}, tokenizer=None,
+                   data=str(images)))
+    table = tmp_path / "table.csv"
+    table.write_text("path,caption\n" + "".join(f"{images}/img{i}.png,picture {i}\n" for i in range(4)))
+    with pytest.raises(ConfigError, match="needs class labels"):
+        train(tiny(tmp_path / "c", stage="classifier", model="tiny-classifier", model_overrides={"num_classes": 3},
+                   tokenizer=None, data=str(table)))
+    with pytest.raises(ConfigError, match="not divisible by 4"):
+        train(tiny(tmp_path / "d", image_size=18))
+    with pytest.raises(ConfigError, match="glide download base"):
+        train(tiny(tmp_path / "e", init="openai:base", tokenizer=None))
+    with pytest.raises(ConfigError, match="stage 'upsample' needs a model with super_res=True"):
+        train(tiny(tmp_path / "f", stage="upsample"))
+
+
+def test_launch_and_precision_errors(tmp_path, monkeypatch):
+    with pytest.raises(LaunchError, match="not divisible by world size 1 x --grad-accum 3"):
+        train(tiny(tmp_path / "a", grad_accum=3))
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        train(tiny(tmp_path / "b", precision="fp16", device="cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(LaunchError, match="torchrun"):
+        train(tiny(tmp_path / "c"))
+
+
+# ------------------------------------------------------------------------------------------
+# Numerics and options
+
+
+def test_ema_math():
+    model = torch.nn.Linear(3, 2)
+    model.register_buffer("count", torch.tensor(0))
+    ema = EMA(model, (0.9, 0.5))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(-1.0)
+        model.count.fill_(7)
+    for _ in range(3):
+        ema.update(model)
+    for rate in (0.9, 0.5):
+        average = ema.state_dict(rate)
+        expected = 1.0 + (start["weight"] - 1.0) * rate**3
+        torch.testing.assert_close(average["weight"], expected)
+        torch.testing.assert_close(average["bias"], -1.0 + (start["bias"] + 1.0) * rate**3)
+        assert int(average["count"]) == 7
+
+
+def test_nonfinite_step_is_skipped(tmp_path, monkeypatch):
+    real_loss = Text2ImStage.loss
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        loss, metrics = real_loss(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), metrics) if len(calls) == 2 else (loss, metrics)
+
+    monkeypatch.setattr(Text2ImStage, "loss", poisoned)
+    run = train(tiny(tmp_path / "run", steps=3))
+    assert [r["skipped_steps"] for r in metric_rows(run)] == [0, 1, 1]
+    checkpoint = list_checkpoints(run)[-1]
+    for path in checkpoint.glob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for v in weights(path).values()), path.name
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    assert state["skipped_steps"] == 1
+    assert all(torch.isfinite(t).all() for s in state["optimizer"]["state"].values() for t in s.values())
+
+
+def test_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
+    real_loss = Text2ImStage.loss
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(Text2ImStage, "loss", interrupted)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tiny(tmp_path / "run", steps=50, save_every=100))
+    assert info.value.step == 2
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000002"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_finetune_options(straight_run, tmp_path):
+    """--init from a run, --train unet (text frozen), bf16 autocast, accumulation, activation checkpointing."""
+    run = train(tiny(tmp_path / "ft", init=str(straight_run), tokenizer=None, train="unet", precision="bf16",
+                     grad_accum=2, grad_checkpointing=True, steps=2, lr_schedule="cosine", data="shapes:6"))
+    start = load_model(straight_run).state_dict()
+    tuned = weights(list_checkpoints(run)[-1] / "model.safetensors")
+    text = [k for k in tuned if k.startswith(("transformer.", "token_embedding", "positional_embedding"))]
+    assert text and all(torch.equal(tuned[k], start[k]) for k in text)
+    assert not torch.equal(tuned["out.2.weight"], start["out.2.weight"])
+    assert all(r["skipped_steps"] == 0 for r in metric_rows(run))
+
+
+def test_learning_rate_schedules():
+    base = dict(out="x", steps=110, lr=1.0, warmup_steps=10, min_lr=0.1)
+    for schedule in ("constant", "cosine", "linear"):
+        cfg = TrainConfig(**base, lr_schedule=schedule)
+        assert learning_rate(cfg, 0) == pytest.approx(0.1)
+        assert learning_rate(cfg, 9) == pytest.approx(1.0)
+        assert learning_rate(cfg, 10) == pytest.approx(1.0)
+        end = learning_rate(cfg, 110)
+        assert end == pytest.approx(1.0 if schedule == "constant" else 0.1)
+    assert learning_rate(TrainConfig(**base, lr_schedule="cosine"), 60) == pytest.approx(0.55)
+
+
+def test_cli_config_file_flags_and_resume(tmp_path):
+    out = tmp_path / "cli"
+    config = tmp_path / "train.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        stage: base
+        model: tiny-base
+        image-size: 16
+        model_overrides: {{text_ctx: 24}}
+        tokenizer: "train:300"
+        data: "shapes:4"
+        batch_size: 4
+        steps: 5
+        num_workers: 0
+        out: {out}
+        ema: "0.9"
+        sample_every: 0
+    """))
+    runner = CliRunner()
+    result = runner.invoke(train_command, ["--config", str(config), "--steps", "1", "--no-progress", "--lr", "0.002"])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["steps"] == 1 and saved["lr"] == 0.002 and saved["image_size"] == 16 and saved["ema"] == [0.9]
+    result = runner.invoke(train_command, ["--resume", "--out", str(out), "--steps", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000001", "step-00000002"]
+    result = runner.invoke(train_command, ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
+    result = runner.invoke(train_command, ["--stage", "nonsense"])
+    assert result.exit_code == 2 and "nonsense" in result.output
+
+
+def write_shards(root: Path, shards: int = 2, per_shard: int = 5) -> str:
+    """Webdataset tar shards of <key>.png + <key>.txt; one corrupt image, one caption that is not UTF-8."""
+    import io
+    import tarfile
+
+    root.mkdir(parents=True)
+    for s in range(shards):
+        with tarfile.open(root / f"part-{s:03d}.tar", "w") as tar:
+            for i in range(per_shard):
+                png = io.BytesIO()
+                Image.new("RGB", (24, 24), (50 * i, 30 * s, 120)).save(png, format="PNG")
+                image = b"junk" if (s, i) == (0, 1) else png.getvalue()
+                caption = b"caf\xe9" if (s, i) == (1, 2) else f"shard {s} picture {i}".encode()
+                for name, payload in ((f"s{s}i{i}.png", image), (f"s{s}i{i}.txt", caption)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return str(root / f"part-{{000..{shards - 1:03d}}}.tar")
+
+
+def test_webdataset_shards_train_and_resume_exactly(tmp_path):
+    data = write_shards(tmp_path / "shards")
+    options = dict(data=data, batch_size=2, tokenizer="train:260", num_workers=1)
+    straight = train(tiny(tmp_path / "straight", steps=4, **options))
+    out = tmp_path / "resumed"
+    train(tiny(out, steps=2, **options))
+    train(tiny(out, steps=4, resume="auto", **options))
+    assert_same(weights(list_checkpoints(straight)[-1] / "model.safetensors"),
+                weights(list_checkpoints(out)[-1] / "model.safetensors"))
+    last = metric_rows(straight)[-1]
+    assert last["skipped_images"] >= 1 and last["skipped_captions"] >= 1
