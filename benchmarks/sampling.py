@@ -15,11 +15,12 @@ Measures, in one run on one machine (random weights: speed does not depend on th
    "fast27" upsampler steps) and for our default recipe (DPM-Solver++ 20 + 8 steps). On a CPU
    the notebook recipe takes hours, so both are projected from the measured per-step medians
    (text encoding + steps x step time); ``--e2e`` also runs our default recipe for real.
-4. Quality at fewer steps, on the reference fixture's tiny base model with CFG: the distance of
-   our default sampler's output from a 1000-step sampler's output from the same noise (the
-   probability-flow ODE solved with 1000 DDIM steps), and a Fréchet distance between sets of
-   1000-step DDPM samples and our default sampler's samples, next to the same distance between
-   two DDPM-1000 sets (the noise floor) and the notebook's DDPM-100.
+4. Quality at fewer steps, on the reference fixture's tiny base (cosine schedule, CFG 3) and
+   upsampler (linear schedule): the distance of few-step samplers' outputs from a 1000-step
+   output from the same noise. The 1000-step reference is DDIM (the probability-flow ODE that
+   DPM-Solver++ and DDIM solve; a 1000-step DDPM run adds fresh noise every step, so its single
+   outputs are not a fixed target). ``--fd-samples N`` adds a Fréchet distance between sets of
+   DDPM-1000 samples and our sampler's, next to two DDPM-1000 sets (the noise floor).
 
 Run (2-core CPU: about 15-25 min; the malloc settings cut system time):
 
@@ -69,8 +70,11 @@ def timed(fn, device) -> float:
 def build(name: str, device, seed: int = 0):
     torch.manual_seed(seed)
     model = build_preset(name).eval()
-    for p in model.out.parameters():  # avoid the zero-initialised output (eps = 0 everywhere)
-        torch.nn.init.normal_(p, std=0.02)
+    # Layers that start at zero (every block's last conv, attention's proj_out, the output)
+    # would hide half the network's arithmetic from the output comparisons: give them weights.
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)) and not module.weight.any():
+            module.reset_parameters()
     return model.to(device)
 
 
@@ -172,7 +176,8 @@ def step_benchmark(args, device) -> dict:
         median = statistics.median(times[name])
         err = (outputs[name].float() - ref.float()).abs()
         rows[name] = dict(seconds_per_step=median, ratio_to_baseline=median / base_median,
-                          max_abs_diff_vs_fp32=float(err.max()), mean_abs_diff_vs_fp32=float(err.mean()))
+                          max_abs_diff_vs_fp32=float(err.max()), mean_abs_diff_vs_fp32=float(err.mean()),
+                          mean_abs_output=float(ref.abs().mean()))
 
     up = build("upsample", device)
     up_half = half_copy(up, half, device)
@@ -267,7 +272,7 @@ def quality(args) -> dict:
 
     n = args.quality_samples
     result = {"samples_per_set": n, "ode_reference": "DDIM with all 1000 steps, same x_T"}
-    for variant, steps_list, guidance in [("base", (10, 15, 20, 25), 3.0), ("upsample", (4, 5, 6, 8, 10), 1.0)]:
+    for variant, steps_list, guidance in [("upsample", (4, 5, 6, 8, 10), 1.0), ("base", (10, 15, 20, 25), 3.0)]:
         model = load_fixture_model(variant)
         ref = load_fixture(f"{variant}_forward.pt")
         size = ref["x_t"].shape[-1]
@@ -284,15 +289,16 @@ def quality(args) -> dict:
                 out = run(sampler, str(steps), 1)
                 rows[f"{sampler}-{steps}"] = float((out - ode).abs().mean())
         result[f"{variant}: mean |x - x_ODE-1000| (pixels in [-1, 1])"] = rows
-        if variant == "base":
+        if variant == "base" and args.fd_samples:
             feats = partial(_pooled_features, cells=4)
-
-            a = feats(run("ddpm", "1000", 2))
+            big = partial(_sample_set, text2im_denoiser(model, ref["tokens"][:1].expand(args.fd_samples, -1),
+                                                        ref["mask"][:1].expand(args.fd_samples, -1), guidance),
+                          model.config.noise_schedule, (args.fd_samples, 3, size, size), args.progress)
+            a = feats(big("ddpm", "1000", 2))
             result["base: Frechet distance to a DDPM-1000 sample set"] = {
-                "DDPM-1000, other seeds (noise floor)": frechet(a, feats(run("ddpm", "1000", 3))),
-                "DDPM-100 (notebook)": frechet(a, feats(run("ddpm", "100", 4))),
-                f"dpm++2m-{DEFAULT_BASE.steps} (ours)": frechet(
-                    a, feats(run("dpm++2m", str(DEFAULT_BASE.steps), 5))),
+                "DDPM-1000, other seeds (noise floor)": frechet(a, feats(big("ddpm", "1000", 3))),
+                "DDPM-100 (notebook)": frechet(a, feats(big("ddpm", "100", 4))),
+                f"dpm++2m-{DEFAULT_BASE.steps} (ours)": frechet(a, feats(big("dpm++2m", str(DEFAULT_BASE.steps), 5))),
             }
     return result
 
@@ -303,7 +309,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--quality-samples", type=int, default=32)
+    parser.add_argument("--quality-samples", type=int, default=4, help="images per ODE-distance run")
+    parser.add_argument("--fd-samples", type=int, default=0,
+                        help="also a Fréchet distance between DDPM-1000 and few-step sample sets of this size "
+                             "(slow on a CPU: 3000+ model calls)")
     parser.add_argument("--progress", action="store_true", help="progress bars for the quality runs")
     parser.add_argument("--e2e", action="store_true", help="also run our default recipe end to end")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
