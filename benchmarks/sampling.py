@@ -12,7 +12,7 @@ Measures, in one run on one machine (random weights: speed does not depend on th
      in float32), with its output's distance from float32.
 2. Seconds per step of the official-size upsampler (398M, 256 px, batch 1, no guidance).
 3. End-to-end text -> 256 px for the official notebook recipe (100 DDPM steps with CFG +
-   "fast27" upsampler steps) and for our default recipe (DPM-Solver++ 20 + 8 steps). On a CPU
+   "fast27" upsampler steps) and for our default recipe (DPM-Solver++ 20 + 5 steps). On a CPU
    the notebook recipe takes hours, so both are projected from the measured per-step medians
    (text encoding + steps x step time); ``--e2e`` also runs our default recipe for real.
 4. Quality at fewer steps, on the reference fixture's tiny base (cosine schedule, CFG 3) and
@@ -249,10 +249,13 @@ def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
 
 
-def _sample_set(denoiser, schedule, shape, progress, sampler, respacing, seed):
+def _sample_set(denoiser, schedule, shape, progress, sampler, respacing, seed, noise_seed=None):
+    """Samples from x_T drawn with ``seed``; per-step noise from ``noise_seed`` (default: same)."""
     diffusion = GaussianDiffusion.from_schedule(schedule, respacing=respacing)
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(shape, generator=gen)
+    if noise_seed is not None:
+        gen = torch.Generator().manual_seed(noise_seed)
     with torch.no_grad():
         return sample(sampler, denoiser, diffusion, x_T, generator=gen, progress=progress)
 
@@ -262,40 +265,61 @@ def _pooled_features(x, cells):
     return torch.nn.functional.avg_pool2d(x, x.shape[-1] // cells).flatten(1)
 
 
-def quality(args) -> dict:
-    """Few-step samplers against 1000-step ones, on the reference fixture's tiny models (random
-    weights, real architecture and schedules): the base (cosine schedule, CFG 3) and the
-    upsampler (linear schedule)."""
+def _quality_cases(args):
+    """(name, model, prompt tokens, mask, extra model inputs, guidance scale, step counts)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.conftest import load_fixture
     from tests.test_text2im_models import load_fixture_model
 
+    if args.quality_model:
+        from glide.checkpoints import load_model
+
+        model = load_model(args.quality_model)
+        tokens, mask = model.tokenize([args.quality_prompt])
+        yield f"trained {model.config.image_size}px base ({args.quality_model})", model, tokens, mask, {}, 3.0, (
+            10, 15, 20, 25)
+    for variant, steps, guidance in [("upsample", (4, 5, 6, 8, 10), 1.0), ("base", (10, 15, 20, 25), 3.0)]:
+        ref = load_fixture(f"{variant}_forward.pt")
+        extra = {"low_res": ref["low_res"][:1]} if "low_res" in ref else {}
+        yield (f"fixture {variant} (random weights)", load_fixture_model(variant), ref["tokens"][:1],
+               ref["mask"][:1], extra, guidance, steps)
+
+
+def _batched_denoiser(model, tokens, mask, extra, guidance, count):
+    """The CFG denoiser for ``count`` copies of one prompt (and of its extra inputs)."""
+    batch = {k: v.expand(count, -1, -1, -1) for k, v in extra.items()}
+    return text2im_denoiser(model, tokens.expand(count, -1), mask.expand(count, -1), guidance, **batch)
+
+
+def quality(args) -> dict:
+    """Few-step samplers against 1000-step ones: on a trained model (``--quality-model``) and on
+    the reference fixture's tiny models (random weights, real architecture and schedules)."""
     n = args.quality_samples
     result = {"samples_per_set": n, "ode_reference": "DDIM with all 1000 steps, same x_T"}
-    for variant, steps_list, guidance in [("upsample", (4, 5, 6, 8, 10), 1.0), ("base", (10, 15, 20, 25), 3.0)]:
-        model = load_fixture_model(variant)
-        ref = load_fixture(f"{variant}_forward.pt")
-        size = ref["x_t"].shape[-1]
-        extra = {"low_res": ref["low_res"][:1].expand(n, -1, -1, -1)} if "low_res" in ref else {}
-        denoiser = text2im_denoiser(model, ref["tokens"][:1].expand(n, -1), ref["mask"][:1].expand(n, -1),
-                                    guidance, **extra)
+    for name, model, tokens, mask, extra, guidance, steps_list in _quality_cases(args):
+        size = model.config.image_size
 
-        run = partial(_sample_set, denoiser, model.config.noise_schedule, (n, 3, size, size), args.progress)
+        denoiser_for = partial(_batched_denoiser, model, tokens, mask, extra, guidance)
 
+        run = partial(_sample_set, denoiser_for(n), model.config.noise_schedule, (n, 3, size, size), args.progress)
         ode = run("ddim", "1000", 1)
         rows = {}
         for steps in steps_list:
             for sampler in ("dpm++2m", "ddim"):
-                out = run(sampler, str(steps), 1)
-                rows[f"{sampler}-{steps}"] = float((out - ode).abs().mean())
-        result[f"{variant}: mean |x - x_ODE-1000| (pixels in [-1, 1])"] = rows
-        if variant == "base" and args.fd_samples:
+                rows[f"{sampler}-{steps}"] = float((run(sampler, str(steps), 1) - ode).abs().mean())
+        if name.startswith("trained"):
+            # How far apart two 1000-step DDPM runs from the same x_T land (fresh noise each step).
+            rows["DDPM-1000 vs DDPM-1000, other noise"] = float(
+                (_sample_set(denoiser_for(n), model.config.noise_schedule, (n, 3, size, size), args.progress,
+                             "ddpm", "1000", 1, noise_seed=7)
+                 - run("ddpm", "1000", 1)).abs().mean())
+        result[f"{name}: mean |x - x_ODE-1000| (pixels in [-1, 1])"] = rows
+        if name.startswith("trained") and args.fd_samples:
             feats = partial(_pooled_features, cells=4)
-            big = partial(_sample_set, text2im_denoiser(model, ref["tokens"][:1].expand(args.fd_samples, -1),
-                                                        ref["mask"][:1].expand(args.fd_samples, -1), guidance),
-                          model.config.noise_schedule, (args.fd_samples, 3, size, size), args.progress)
+            big = partial(_sample_set, denoiser_for(args.fd_samples), model.config.noise_schedule,
+                          (args.fd_samples, 3, size, size), args.progress)
             a = feats(big("ddpm", "1000", 2))
-            result["base: Frechet distance to a DDPM-1000 sample set"] = {
+            result[f"{name}: Frechet distance to a DDPM-1000 sample set"] = {
                 "DDPM-1000, other seeds (noise floor)": frechet(a, feats(big("ddpm", "1000", 3))),
                 "DDPM-100 (notebook)": frechet(a, feats(big("ddpm", "100", 4))),
                 f"dpm++2m-{DEFAULT_BASE.steps} (ours)": frechet(a, feats(big("dpm++2m", str(DEFAULT_BASE.steps), 5))),
@@ -314,6 +338,8 @@ def main():
                         help="also a Fréchet distance between DDPM-1000 and few-step sample sets of this size "
                              "(slow on a CPU: 3000+ model calls)")
     parser.add_argument("--progress", action="store_true", help="progress bars for the quality runs")
+    parser.add_argument("--quality-model", help="a trained base checkpoint/run folder for the quality check")
+    parser.add_argument("--quality-prompt", default="a red circle above a blue square")
     parser.add_argument("--e2e", action="store_true", help="also run our default recipe end to end")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()

@@ -441,7 +441,7 @@ def _sampling_options(fn: Callable) -> Callable:
                      help="Upsampler model (same forms as --model), or 'none' to keep the base images. "
                           "Default: the official upsampler, or the matching random:tiny-* preset."),
         click.option("--recipe", type=click.Choice(RECIPES), default="default", show_default=True,
-                     help="default: DPM-Solver++ 20 + 8 steps. notebook: the official notebook's "
+                     help="default: DPM-Solver++ 20 + 5 steps. notebook: the official notebook's "
                           "100 DDPM steps + fast27 upsampling."),
         click.option("--sampler", callback=_check_sampler, metavar="NAME",
                      help="Base-stage sampler: ddpm, ddim, plms, dpm++2m (default: from --recipe)."),
