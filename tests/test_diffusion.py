@@ -18,16 +18,6 @@ from glide.diffusion import (
 
 from .conftest import load_fixture, load_json
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add barrier waits (seconds on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reference tables
 

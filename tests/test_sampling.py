@@ -24,16 +24,6 @@ from glide.sampling import (
 
 from .conftest import load_fixture
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add barrier waits (seconds on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # Teacher-forced single steps (diffusion_steps.pt)
 
