@@ -278,6 +278,21 @@ def test_ema_math():
         assert int(average["count"]) == 7
 
 
+def test_ema_rate_warms_up_with_the_step():
+    assert EMA.warmed_up(0.9999, 0) == 0.1  # the first update mostly takes the new weights
+    assert EMA.warmed_up(0.9999, 90) == 91 / 100
+    assert EMA.warmed_up(0.9999, 10**6) == 0.9999 and EMA.warmed_up(0.5, 20) == 0.5
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, (0.99,))
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=0)
+    start = ema.state_dict(0.99)["weight"].clone()
+    ema.update(model, step=1)
+    after = ema.state_dict(0.99)["weight"]
+    torch.testing.assert_close(after, 1.0 + (start - 1.0) * (2 / 11))
+
+
 def test_nonfinite_step_is_skipped(tmp_path, monkeypatch):
     real_loss = Text2ImStage.loss
     calls = []

@@ -1,7 +1,9 @@
 """Exponential moving averages of a model's weights, one copy per rate.
 
 After every optimizer step ``ema = rate * ema + (1 - rate) * param`` for every floating-point
-entry of the state dict; integer buffers are copied. The averages live in float32 on the model's
+entry of the state dict; integer buffers are copied. Given the step number, the rate warms up
+as ``min(rate, (1 + step) / (10 + step))``, so that the averages of short runs and of the first
+thousands of steps are not dominated by the random initial weights. The averages live in float32 on the model's
 device and are saved beside the raw weights as ``ema-<rate>.safetensors``.
 """
 
@@ -31,15 +33,21 @@ class EMA:
             rate: {k: v.detach().float().clone() for k, v in state.items()} for rate in self.rates
         }
 
+    @staticmethod
+    def warmed_up(rate: float, step: int | None) -> float:
+        """The rate used at optimizer step ``step`` (0-based); the plain rate when step is None."""
+        return rate if step is None else min(rate, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
         """Move every average one step towards the model's current weights."""
         if not self.rates:
             return
         state = model.state_dict()
         current = [state[k].detach().float() for k in self.float_keys]
         for rate, average in self.averages.items():
-            torch._foreach_lerp_([average[k] for k in self.float_keys], current, 1.0 - rate)
+            weight = 1.0 - self.warmed_up(rate, step)
+            torch._foreach_lerp_([average[k] for k in self.float_keys], current, weight)
             for k in self.other_keys:
                 average[k].copy_(state[k])
 

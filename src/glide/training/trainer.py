@@ -205,7 +205,7 @@ def train(config: TrainConfig) -> Path:
                 else:
                     scaler.step(optimizer)
                     scaler.update()
-                    ema.update(bare)
+                    ema.update(bare, step=step)
                     interval["grad_norm"] += float(grad_norm)
                     interval["finite_steps"] += 1
                 optimizer.zero_grad(set_to_none=True)
