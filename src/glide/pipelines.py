@@ -225,10 +225,9 @@ class Text2ImagePipeline:
         if guidance_scale is not None:
             base_opts.guidance_scale = guidance_scale
         cond_fn = None
-        if guidance in ("clip",) or rerank:
-            if self.clip is None:
-                raise ValueError("CLIP guidance and reranking need a noised CLIP: pass clip= (e.g. "
-                                 "Text2ImagePipeline.from_pretrained(clip=('clip-image-enc', 'clip-text-enc')))")
+        if (guidance == "clip" or rerank) and self.clip is None:
+            raise ValueError("CLIP guidance and reranking need a noised CLIP: pass clip= (e.g. "
+                             "Text2ImagePipeline.from_pretrained(clip=('clip-image-enc', 'clip-text-enc')))")
         if guidance == "clip":
             cond_fn = clip_cond_fn(self.clip, prompts, base_opts.guidance_scale)
             base_opts.guidance_scale = 1.0
