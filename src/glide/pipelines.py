@@ -120,6 +120,35 @@ def _as_prompts(prompt: str | Sequence[str], num_images_per_prompt: int) -> list
     return [p for p in prompts for _ in range(num_images_per_prompt)]
 
 
+def _base_options(base: StageOptions | None, guidance_scale: float | None) -> StageOptions:
+    """A private copy of the base-stage options, with the call's guidance scale applied."""
+    options = StageOptions(**vars(base or DEFAULT_BASE))
+    if guidance_scale is not None:
+        options.guidance_scale = guidance_scale
+    return options
+
+
+def _output(samples: torch.Tensor, low_res: torch.Tensor, prompts: list[str]) -> PipelineOutput:
+    return PipelineOutput([tensor_to_image(x) for x in samples], samples.cpu(), low_res.cpu(), prompts)
+
+
+def upsample_stage(upsampler, prompts, low_res, upsample, upsample_temp, generator, progress, callback,
+                   **model_kwargs) -> PipelineOutput:
+    """The second stage shared by every pipeline: 64 px samples -> the upsampler's size.
+
+    ``upsample``: StageOptions, None (the default recipe) or False (keep ``low_res``).
+    """
+    if upsample is False or upsampler is None:
+        return _output(low_res, low_res, prompts)
+    options = StageOptions(**vars(upsample if isinstance(upsample, StageOptions) else DEFAULT_UPSAMPLE))
+    samples = run_stage(
+        upsampler, prompts, options, generator, noise_scale=upsample_temp,
+        low_res=low_res.to(_device_of(upsampler)), progress=progress,
+        callback=_stage_callback(callback, "upsample"), **model_kwargs,
+    )
+    return _output(samples, low_res, prompts)
+
+
 def _stage_callback(callback, stage: str):
     if callback is None:
         return None
@@ -221,9 +250,7 @@ class Text2ImagePipeline:
             raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE_TYPES)}")
         prompts = _as_prompts(prompt, num_images_per_prompt)
         generator = _generator(seed, generator)
-        base_opts = StageOptions(**vars(base)) if base is not None else StageOptions(**vars(DEFAULT_BASE))
-        if guidance_scale is not None:
-            base_opts.guidance_scale = guidance_scale
+        base_opts = _base_options(base, guidance_scale)
         cond_fn = None
         if (guidance == "clip" or rerank) and self.clip is None:
             raise ValueError("CLIP guidance and reranking need a noised CLIP: pass clip= (e.g. "
@@ -243,7 +270,8 @@ class Text2ImagePipeline:
                             progress=progress, callback=_stage_callback(callback, "base"))
         if rerank:
             low_res = self.rerank(low_res, candidates, keep=num_images_per_prompt, group=rerank)
-        return self._upsample(prompts, low_res, upsample, upsample_temp, generator, progress, callback)
+        return upsample_stage(self.upsampler, prompts, low_res, upsample, upsample_temp, generator, progress,
+                              callback)
 
     def rerank(self, images: torch.Tensor, prompts: list[str], keep: int, group: int) -> torch.Tensor:
         """Keep the ``keep`` best of each consecutive ``group`` of images by noised-CLIP score at t=0,
@@ -253,19 +281,6 @@ class Text2ImagePipeline:
             scores = self.clip.score(images.to(_device_of(self.clip)), tokens, lens, t=0).view(-1, group)
         best = scores.topk(keep, dim=1).indices + torch.arange(0, len(prompts), group, device=scores.device)[:, None]
         return images[best.flatten().to(images.device)]
-
-    def _upsample(self, prompts, low_res, upsample, upsample_temp, generator, progress, callback,
-                  **model_kwargs) -> PipelineOutput:
-        if upsample is False or self.upsampler is None:
-            samples = low_res
-        else:
-            up_opts = StageOptions(**vars(upsample if isinstance(upsample, StageOptions) else DEFAULT_UPSAMPLE))
-            samples = run_stage(
-                self.upsampler, prompts, up_opts, generator, noise_scale=upsample_temp,
-                low_res=low_res.to(_device_of(self.upsampler)), progress=progress,
-                callback=_stage_callback(callback, "upsample"), **model_kwargs,
-            )
-        return PipelineOutput([tensor_to_image(x) for x in samples], samples.cpu(), low_res.cpu(), prompts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,27 +365,22 @@ class InpaintPipeline:
         """image: PIL / path / tensor; mask: white (1) = region to repaint. Returns the edited images."""
         prompts = _as_prompts(prompt, num_images)
         generator = _generator(seed, generator)
-        base_opts = StageOptions(**vars(base or DEFAULT_BASE))
-        if guidance_scale is not None:
-            base_opts.guidance_scale = guidance_scale
+        base_opts = _base_options(base, guidance_scale)
         size = self.base.config.image_size
         source, keep = self._inputs(image, mask, size, len(prompts), self.base)
         low_res = run_stage(
             self.base, prompts, base_opts, generator, inpaint_image=source, inpaint_mask=keep,
             denoised_fn=paste_known(source, keep), progress=progress, callback=_stage_callback(callback, "base"),
         )
-        if upsample is False or self.upsampler is None:
-            return PipelineOutput([tensor_to_image(x) for x in low_res], low_res.cpu(), low_res.cpu(), prompts)
-        up_size = self.upsampler.config.image_size
-        up_source, up_keep = self._inputs(image, mask, up_size, len(prompts), self.upsampler)
-        up_opts = StageOptions(**vars(upsample if isinstance(upsample, StageOptions) else DEFAULT_UPSAMPLE))
-        samples = run_stage(
-            self.upsampler, prompts, up_opts, generator, noise_scale=upsample_temp,
-            low_res=low_res, inpaint_image=up_source, inpaint_mask=up_keep,
-            denoised_fn=paste_known(up_source, up_keep), progress=progress,
-            callback=_stage_callback(callback, "upsample"),
+        up_source = up_keep = None
+        if upsample is not False and self.upsampler is not None:
+            up_size = self.upsampler.config.image_size
+            up_source, up_keep = self._inputs(image, mask, up_size, len(prompts), self.upsampler)
+        return upsample_stage(
+            self.upsampler, prompts, low_res, upsample, upsample_temp, generator, progress, callback,
+            inpaint_image=up_source, inpaint_mask=up_keep,
+            denoised_fn=paste_known(up_source, up_keep) if up_source is not None else None,
         )
-        return PipelineOutput([tensor_to_image(x) for x in samples], samples.cpu(), low_res.cpu(), prompts)
 
     @staticmethod
     def _inputs(image, mask, size, batch, model):
@@ -409,9 +419,7 @@ class ImageToImagePipeline(Text2ImagePipeline):
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         prompts = _as_prompts(prompt, num_images)
         generator = _generator(seed, generator)
-        base_opts = StageOptions(**vars(base or DEFAULT_BASE))
-        if guidance_scale is not None:
-            base_opts.guidance_scale = guidance_scale
+        base_opts = _base_options(base, guidance_scale)
         full = stage_diffusion(self.base, base_opts)
         start = max(1, round(strength * full.num_timesteps))
         diffusion = truncate_diffusion(full, start)
@@ -421,4 +429,5 @@ class ImageToImagePipeline(Text2ImagePipeline):
         x_start = diffusion.q_sample(x0, torch.full((len(prompts),), start - 1), noise)
         low_res = run_stage(self.base, prompts, base_opts, generator, x_T=x_start, diffusion=diffusion,
                             progress=progress, callback=_stage_callback(callback, "base"))
-        return self._upsample(prompts, low_res, upsample, upsample_temp, generator, progress, callback)
+        return upsample_stage(self.upsampler, prompts, low_res, upsample, upsample_temp, generator, progress,
+                              callback)
