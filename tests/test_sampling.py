@@ -311,6 +311,19 @@ def test_single_step_functions_agree_with_loops():
     assert torch.equal(x, sample_dpm_solver(denoiser, diffusion, x_T))
 
 
+@pytest.mark.parametrize("name", ["plms", "dpm++2m"])
+def test_multistep_history_belongs_to_one_run(name):
+    """Each run gets a fresh step with empty history, and a deterministic step draws no noise."""
+    diffusion = GaussianDiffusion.from_schedule("squaredcos_cap_v2", 1000, "6")
+    denoiser = gaussian_denoiser("squaredcos_cap_v2")
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(9))
+    drawn = []
+    first = sample(name, denoiser, diffusion, x_T, noise_sampler=lambda k: drawn.append(k) or torch.randn_like(x_T))
+    sample(name, denoiser, diffusion, torch.randn_like(x_T))
+    assert torch.equal(first, sample(name, denoiser, diffusion, x_T))
+    assert drawn == []
+
+
 def test_registry_and_default_respacing():
     assert set(SAMPLERS) == {"ddpm", "ddim", "plms", "dpm++2m"}
     with pytest.raises(ValueError, match="ddpm, ddim, plms, dpm\\+\\+2m"):

@@ -1,8 +1,10 @@
-"""Pieces every sampler shares: the starting noise, per-step noise, the denoiser call and the loop."""
+"""Pieces every sampler shares: the starting noise, per-step noise, the denoiser call and the loop
+(``run_loop``); each sampler module adds only its step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
@@ -105,16 +107,56 @@ def predict_eps_xstart(
     return out
 
 
-def loop_indices(diffusion: GaussianDiffusion, progress: bool) -> Iterator[tuple[int, int]]:
-    """``(step, i)`` pairs: the step counter 0..N-1 and the respaced index N-1..0."""
-    indices = list(range(diffusion.num_timesteps))[::-1]
+class Step(Protocol):
+    """One move of a sampler: ``step(x, i, noise, *, cond_fn, denoised_fn, clip_denoised)``
+    from respaced index ``i`` to ``i - 1`` -> ``dict(sample, pred_xstart, ...)``."""
+
+    def __call__(
+        self,
+        x: Tensor,
+        i: int,
+        noise: NoiseArg,
+        /,
+        *,
+        cond_fn: CondFn | None,
+        denoised_fn: DenoisedFn | None,
+        clip_denoised: bool,
+    ) -> dict[str, Tensor]: ...
+
+
+def run_loop(
+    step: Step,
+    diffusion: GaussianDiffusion,
+    x_T_or_shape: Tensor | Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    cond_fn: CondFn | None = None,
+    denoised_fn: DenoisedFn | None = None,
+    clip_denoised: bool = True,
+    progress: bool = False,
+    callback: Callback | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The loop every sampler shares (options: see ``glide.sampling``): ``x_T``, then ``step``
+    from respaced index N-1 down to 0, under ``no_grad``.
+
+    ``noise`` is a zero-argument callable drawing ``noise_sampler(k)`` for the k-th step (k = 0
+    the noisiest), so a deterministic step that never calls it draws nothing. A multistep
+    sampler passes a fresh closure per run that keeps its own history between calls.
+    """
+    x = initial_noise(x_T_or_shape, generator, device)
+    noise_sampler = noise_sampler or default_noise_sampler(generator, x)
+    hooks = {"cond_fn": with_grad(cond_fn), "denoised_fn": denoised_fn, "clip_denoised": clip_denoised}
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
 
         indices = tqdm(indices)
-    yield from enumerate(indices)
-
-
-def report(callback: Callback | None, diffusion: GaussianDiffusion, i: int, x: Tensor, pred_xstart: Tensor):
-    if callback is not None:
-        callback({"i": i, "t": int(diffusion.timestep_map[i]), "x": x, "pred_xstart": pred_xstart})
+    with torch.no_grad():
+        for k, i in enumerate(indices):
+            out = step(x, i, lambda k=k: noise_sampler(k), **hooks)
+            x = out["sample"]
+            if callback is not None:
+                callback({"i": i, "t": int(diffusion.timestep_map[i]), "x": x, "pred_xstart": out["pred_xstart"]})
+    return x

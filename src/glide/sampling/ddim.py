@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import torch
 
 from ..diffusion import GaussianDiffusion
 from ._common import (
-    Callback,
     CondFn,
     DenoisedFn,
     Denoiser,
     NoiseArg,
-    NoiseSampler,
     Tensor,
-    default_noise_sampler,
-    initial_noise,
-    loop_indices,
     predict_eps_xstart,
-    report,
     resolve_noise,
-    with_grad,
+    run_loop,
 )
 
 
@@ -65,36 +61,12 @@ def sample_ddim(
     x_T_or_shape: Tensor | Sequence[int],
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    noise_sampler: NoiseSampler | None = None,
-    cond_fn: CondFn | None = None,
-    denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
-    progress: bool = False,
-    callback: Callback | None = None,
-    device: torch.device | str | None = None,
+    **options: Any,
 ) -> Tensor:
-    """DDIM over every step of ``diffusion`` (the reference ``ddim_sample_loop``).
+    """DDIM over every step of ``diffusion`` (the reference ``ddim_sample_loop``); ``options``:
+    the shared ones (see ``glide.sampling``).
 
     Like the reference, one noise draw per step even at ``eta=0`` (then multiplied by zero),
     so generator streams line up with ``sample_ddpm`` and with ``torch.manual_seed`` runs.
     """
-    x = initial_noise(x_T_or_shape, generator, device)
-    noise_sampler = noise_sampler or default_noise_sampler(generator, x)
-    cond_fn = with_grad(cond_fn)
-    with torch.no_grad():
-        for step, i in loop_indices(diffusion, progress):
-            out = ddim_step(
-                denoiser,
-                diffusion,
-                x,
-                i,
-                lambda step=step: noise_sampler(step),
-                eta=eta,
-                cond_fn=cond_fn,
-                denoised_fn=denoised_fn,
-                clip_denoised=clip_denoised,
-            )
-            x = out["sample"]
-            report(callback, diffusion, i, x, out["pred_xstart"])
-    return x
+    return run_loop(partial(ddim_step, denoiser, diffusion, eta=eta), diffusion, x_T_or_shape, **options)

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import torch
 
 from ..diffusion import GaussianDiffusion
 from ._common import (
-    Callback,
     CondFn,
     DenoisedFn,
     Denoiser,
     NoiseArg,
-    NoiseSampler,
     Tensor,
-    default_noise_sampler,
-    initial_noise,
-    loop_indices,
     model_mean_variance,
-    report,
     resolve_noise,
-    with_grad,
+    run_loop,
 )
 
 
@@ -54,39 +50,12 @@ def ddpm_step(
 
 
 def sample_ddpm(
-    denoiser: Denoiser,
-    diffusion: GaussianDiffusion,
-    x_T_or_shape: Tensor | Sequence[int],
-    *,
-    generator: torch.Generator | None = None,
-    noise_sampler: NoiseSampler | None = None,
-    cond_fn: CondFn | None = None,
-    denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
-    progress: bool = False,
-    callback: Callback | None = None,
-    device: torch.device | str | None = None,
+    denoiser: Denoiser, diffusion: GaussianDiffusion, x_T_or_shape: Tensor | Sequence[int], **options: Any
 ) -> Tensor:
-    """Ancestral sampling over every step of ``diffusion`` (the reference ``p_sample_loop``).
+    """Ancestral sampling over every step of ``diffusion`` (the reference ``p_sample_loop``);
+    ``options``: the shared ones (see ``glide.sampling``).
 
     Random draws, in order: ``x_T`` (if a shape is given), then one ``noise_sampler(step)`` per
     step (step 0 = the noisiest), including the last, where it is multiplied by zero.
     """
-    x = initial_noise(x_T_or_shape, generator, device)
-    noise_sampler = noise_sampler or default_noise_sampler(generator, x)
-    cond_fn = with_grad(cond_fn)
-    with torch.no_grad():
-        for step, i in loop_indices(diffusion, progress):
-            out = ddpm_step(
-                denoiser,
-                diffusion,
-                x,
-                i,
-                lambda step=step: noise_sampler(step),
-                cond_fn=cond_fn,
-                denoised_fn=denoised_fn,
-                clip_denoised=clip_denoised,
-            )
-            x = out["sample"]
-            report(callback, diffusion, i, x, out["pred_xstart"])
-    return x
+    return run_loop(partial(ddpm_step, denoiser, diffusion), diffusion, x_T_or_shape, **options)

@@ -19,22 +19,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-import torch
+from typing import Any
 
 from ..diffusion import GaussianDiffusion
 from ._common import (
-    Callback,
     CondFn,
     DenoisedFn,
     Denoiser,
-    NoiseSampler,
+    NoiseArg,
     Tensor,
-    initial_noise,
-    loop_indices,
     predict_eps_xstart,
-    report,
-    with_grad,
+    run_loop,
 )
 
 
@@ -95,37 +90,20 @@ def sample_dpm_solver(
     x_T_or_shape: Tensor | Sequence[int],
     *,
     order: int = 2,
-    generator: torch.Generator | None = None,
-    noise_sampler: NoiseSampler | None = None,
-    cond_fn: CondFn | None = None,
-    denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
-    progress: bool = False,
-    callback: Callback | None = None,
-    device: torch.device | str | None = None,
+    **options: Any,
 ) -> Tensor:
     """DPM-Solver++(2M) (``order=2``) or DPM-Solver++(1) (``order=1``, = DDIM) over every step of
-    ``diffusion``: one denoiser call per step. Deterministic: the only random draw is ``x_T``;
-    ``noise_sampler`` is accepted for a uniform signature and unused."""
+    ``diffusion``: one denoiser call per step; ``options``: the shared ones (see ``glide.sampling``).
+    Deterministic: the only random draw is ``x_T``; ``noise_sampler`` is accepted for a uniform
+    signature and unused."""
     if order not in (1, 2):
         raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order}")
-    del noise_sampler
-    x = initial_noise(x_T_or_shape, generator, device)
-    cond_fn = with_grad(cond_fn)
-    prev_xstart = None
-    with torch.no_grad():
-        for _, i in loop_indices(diffusion, progress):
-            out = dpm_solver_step(
-                denoiser,
-                diffusion,
-                x,
-                i,
-                prev_xstart if order == 2 else None,
-                cond_fn=cond_fn,
-                denoised_fn=denoised_fn,
-                clip_denoised=clip_denoised,
-            )
-            prev_xstart = out["pred_xstart"]
-            x = out["sample"]
-            report(callback, diffusion, i, x, out["pred_xstart"])
-    return x
+    prev_xstart: Tensor | None = None  # this run's x_0 of the previous step, for the 2M update
+
+    def step(x: Tensor, i: int, noise: NoiseArg, **hooks: Any) -> dict[str, Tensor]:
+        nonlocal prev_xstart
+        out = dpm_solver_step(denoiser, diffusion, x, i, prev_xstart if order == 2 else None, **hooks)
+        prev_xstart = out["pred_xstart"]
+        return out
+
+    return run_loop(step, diffusion, x_T_or_shape, **options)

@@ -15,23 +15,20 @@ start ended within ~1e-3.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from ..diffusion import GaussianDiffusion
 from ._common import (
-    Callback,
     CondFn,
     DenoisedFn,
     Denoiser,
-    NoiseSampler,
+    NoiseArg,
     Tensor,
-    initial_noise,
-    loop_indices,
     predict_eps_xstart,
     process_xstart,
-    report,
-    with_grad,
+    run_loop,
 )
 
 # Adams–Bashforth weights, newest eps first.
@@ -89,36 +86,17 @@ def sample_plms(
     x_T_or_shape: Tensor | Sequence[int],
     *,
     order: int = 4,
-    generator: torch.Generator | None = None,
-    noise_sampler: NoiseSampler | None = None,
-    cond_fn: CondFn | None = None,
-    denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
-    progress: bool = False,
-    callback: Callback | None = None,
-    device: torch.device | str | None = None,
+    **options: Any,
 ) -> Tensor:
-    """PLMS over every step of ``diffusion``. Deterministic: the only random draw is ``x_T``
-    (when a shape is given); ``noise_sampler`` is accepted for a uniform signature and unused.
-    ``cond_fn`` corrects eps score-style at every denoiser call."""
-    del noise_sampler
-    x = initial_noise(x_T_or_shape, generator, device)
-    cond_fn = with_grad(cond_fn)
-    history: list[Tensor] = []
-    with torch.no_grad():
-        for _, i in loop_indices(diffusion, progress):
-            out = plms_step(
-                denoiser,
-                diffusion,
-                x,
-                i,
-                history,
-                order=order,
-                cond_fn=cond_fn,
-                denoised_fn=denoised_fn,
-                clip_denoised=clip_denoised,
-            )
-            history = (history + [out["eps"]])[-3:]
-            x = out["sample"]
-            report(callback, diffusion, i, x, out["pred_xstart"])
-    return x
+    """PLMS over every step of ``diffusion``; ``options``: the shared ones (see ``glide.sampling``).
+    Deterministic: the only random draw is ``x_T`` (when a shape is given); ``noise_sampler`` is
+    accepted for a uniform signature and unused. ``cond_fn`` corrects eps score-style at every
+    denoiser call."""
+    history: list[Tensor] = []  # this run's eps, oldest first
+
+    def step(x: Tensor, i: int, noise: NoiseArg, **hooks: Any) -> dict[str, Tensor]:
+        out = plms_step(denoiser, diffusion, x, i, history, order=order, **hooks)
+        history[:] = (history + [out["eps"]])[-3:]
+        return out
+
+    return run_loop(step, diffusion, x_T_or_shape, **options)
