@@ -12,7 +12,6 @@ from glide.diffusion import (
     GaussianDiffusion,
     get_named_beta_schedule,
     normal_kl,
-    sample_timesteps,
     space_timesteps,
 )
 
@@ -42,6 +41,11 @@ def test_beta_schedules_match_reference_exactly(schedule):
     assert np.array_equal(betas, load_fixture("diffusion.pt")[f"{schedule}/betas_1000"].numpy())
 
 
+# Reference tables glide does not keep: alphas_cumprod_next serves only the reverse DDIM
+# (image -> noise) loop, which glide does not implement.
+NOT_KEPT = {"alphas_cumprod_next"}
+
+
 def test_every_diffusion_table_matches_reference_exactly():
     tables = load_fixture("diffusion.pt")
     checked = 0
@@ -50,6 +54,9 @@ def test_every_diffusion_table_matches_reference_exactly():
         if rest == "betas_1000":
             continue
         spaced, name = rest.split("/")
+        if name in NOT_KEPT:
+            assert not hasattr(GaussianDiffusion.from_schedule(schedule, 1000, "4"), name)
+            continue
         diffusion = GaussianDiffusion.from_schedule(schedule, 1000, spaced[len("respaced_") :])
         assert expected.dtype == torch.float64
         actual = getattr(diffusion, name)
@@ -318,8 +325,9 @@ def test_training_losses_with_model_fn():
         seen.append(timesteps.tolist())
         return torch.cat([torch.zeros_like(x_t), torch.zeros_like(x_t)], 1)
 
-    gen = torch.Generator().manual_seed(3)
-    losses = diffusion.training_losses(model_fn, x_start, t, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        losses = diffusion.training_losses(model_fn, x_start, t)
     assert seen == [[30, 999]]
     noise = torch.randn(x_start.shape, generator=torch.Generator().manual_seed(3))
     expected = diffusion.hybrid_losses(
@@ -328,14 +336,6 @@ def test_training_losses_with_model_fn():
     torch.testing.assert_close(losses["loss"], expected["loss"])
     eps_only = diffusion.training_losses(lambda x, _: torch.zeros_like(x), x_start, t, noise)
     assert torch.equal(eps_only["vb"], torch.zeros(2)) and torch.equal(eps_only["loss"], eps_only["mse"])
-
-
-def test_sample_timesteps_uniform_and_seeded():
-    t = sample_timesteps(20000, 10, torch.Generator().manual_seed(0))
-    assert t.dtype == torch.long and t.min() == 0 and t.max() == 9
-    counts = torch.bincount(t, minlength=10).double()
-    assert (counts - 2000).abs().max() < 200
-    assert torch.equal(t, sample_timesteps(20000, 10, torch.Generator().manual_seed(0)))
 
 
 def test_normal_kl_zero_for_equal_gaussians():

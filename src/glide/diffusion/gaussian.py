@@ -50,13 +50,6 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
-def sample_timesteps(batch: int, num_timesteps: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-    """Uniform training timesteps: LongTensor ``[batch]`` in ``0..num_timesteps-1``."""
-    gen_device = generator.device if generator is not None else device
-    t = torch.randint(0, num_timesteps, (batch,), generator=generator, device=gen_device)
-    return t.to(device) if device is not None else t
-
-
 class GaussianDiffusion:
     """A discrete Gaussian diffusion with ``len(betas)`` steps.
 
@@ -83,7 +76,6 @@ class GaussianDiffusion:
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas, axis=0)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
-        self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
@@ -313,18 +305,15 @@ class GaussianDiffusion:
         x_start: Tensor,
         t: Tensor,
         noise: Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Noise ``x_start`` to step ``t`` (respaced indices), run ``model_fn(x_t, original_t)``
         and return ``hybrid_losses`` (``dict(loss, mse, vb)``, each ``[N]``).
 
-        ``noise`` defaults to ``torch.randn`` with ``generator``.
+        ``noise`` defaults to ``torch.randn_like(x_start)``, as in the reference. (The trainer
+        draws its own per-sample noise for exact resumes and calls ``hybrid_losses``.)
         """
         if noise is None:
-            gen_device = generator.device if generator is not None else x_start.device
-            noise = torch.randn(x_start.shape, generator=generator, device=gen_device, dtype=x_start.dtype)
-            noise = noise.to(x_start.device)
+            noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise)
         model_output = model_fn(x_t, self.original_timesteps(t, x_start))
         return self.hybrid_losses(model_output, x_start, x_t, t, noise)
