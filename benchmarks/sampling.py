@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -289,12 +289,32 @@ def _pooled_features(x, cells):
     return torch.nn.functional.avg_pool2d(x, x.shape[-1] // cells).flatten(1)
 
 
+# The official code's tiny random models and their inputs (the test suite's reference fixtures).
+FIXTURES = Path(os.environ.get("GLIDE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = FIXTURES / "fixtures" / "glide_reference"
+
+
+def _fixture(name: str):
+    path = FIXTURES / name
+    if not path.exists():
+        raise SystemExit(f"reference fixture {path} not found: set GLIDE_SHARED to the shared/ folder "
+                         "or pass --skip-quality")
+    return path
+
+
+def load_fixture_model(variant: str):
+    """The reference fixture's tiny U-Net ``variant``, built from its official options."""
+    from glide.compat import create_model_and_diffusion
+
+    options = json.loads(_fixture(f"{variant}_options.json").read_text())["create_model_and_diffusion_kwargs"]
+    model, _ = create_model_and_diffusion(**options)
+    state = torch.load(_fixture(f"{variant}_state_dict.pt"), map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
 def _quality_cases(args):
     """(name, model, prompt tokens, mask, extra model inputs, guidance scale, step counts)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.conftest import load_fixture
-    from tests.test_text2im_models import load_fixture_model
-
     if args.quality_model:
         from glide.checkpoints import load_model
 
@@ -303,7 +323,7 @@ def _quality_cases(args):
         yield f"trained {model.config.image_size}px base ({args.quality_model})", model, tokens, mask, {}, 3.0, (
             10, 15, 20, 25)
     for variant, steps, guidance in [("upsample", (4, 5, 6, 8, 10), 1.0), ("base", (10, 15, 20, 25), 3.0)]:
-        ref = load_fixture(f"{variant}_forward.pt")
+        ref = torch.load(_fixture(f"{variant}_forward.pt"), map_location="cpu", weights_only=True)
         extra = {"low_res": ref["low_res"][:1]} if "low_res" in ref else {}
         yield (f"fixture {variant} (random weights)", load_fixture_model(variant), ref["tokens"][:1],
                ref["mask"][:1], extra, guidance, steps)

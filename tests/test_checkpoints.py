@@ -25,7 +25,7 @@ from glide.models import build_preset, preset_config
 from glide.models.classifier import ClassifierConfig, NoisyClassifier
 from glide.models.clip import CLIP_CHANNEL_MEANS, CLIP_CHANNEL_STDS, ClipConfig, NoisedClip
 
-from .conftest import FIXTURES, load_fixture, load_json
+from .helpers import FIXTURES, load_fixture, load_json
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from glide.models.clip import (
     official_clip_config,
 )
 
-from .conftest import load_fixture, load_json
+from .helpers import load_fixture, load_fixture_clip, load_json
 
 ATOL = 1e-4
 
@@ -40,18 +40,9 @@ def _tiny_config(**overrides) -> ClipConfig:
     return ClipConfig(**d)
 
 
-def _load_encoder_state(name: str) -> dict[str, torch.Tensor]:
-    sd = load_fixture(f"clip_{name}_enc_state_dict.pt")
-    return {k: v.float().contiguous() for k, v in sd.items()}
-
-
 @pytest.fixture(scope="module")
 def reference_clip(fixtures_dir) -> NoisedClip:
-    config = ClipConfig.from_dict(load_json("clip_config.json")["config_yaml_keys"])
-    model = NoisedClip(config).eval()
-    model.image_encoder.load_state_dict(_load_encoder_state("image"), strict=True)
-    model.text_encoder.load_state_dict(_load_encoder_state("text"), strict=True)
-    return model
+    return load_fixture_clip()
 
 
 @pytest.fixture(scope="module")

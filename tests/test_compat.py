@@ -30,7 +30,7 @@ from glide.guidance import text2im_denoiser
 from glide.models import Text2ImUNet
 from glide.sampling import sample_ddim
 
-from .conftest import load_fixture, load_json
+from .helpers import load_fixture, load_json
 
 FIXTURE_FILES = {  # official checkpoint name -> fixture state dict
     "base": "base_state_dict.pt",

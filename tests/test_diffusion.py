@@ -15,7 +15,7 @@ from glide.diffusion import (
     space_timesteps,
 )
 
-from .conftest import load_fixture, load_json
+from .helpers import load_fixture, load_json
 
 # ---------------------------------------------------------------------------------------------
 # Reference tables

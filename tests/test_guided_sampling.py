@@ -7,11 +7,9 @@ import torch
 
 from glide.diffusion import GaussianDiffusion
 from glide.guidance import classifier_cond_fn, clip_cond_fn, combine_cond_fns, text2im_denoiser
-from glide.models.clip import ClipConfig, NoisedClip
 from glide.sampling import SAMPLERS, sample
 
-from .conftest import load_fixture, load_json
-from .test_text2im_models import load_fixture_model
+from .helpers import load_fixture, load_fixture_clip, load_fixture_model, load_json
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +58,6 @@ def test_seeded_generator_reproduces_reference_noise():
     first_noise = torch.randn(2, 3, 64, 64, generator=gen)
     torch.testing.assert_close(x_T[:1], ref["x_T_cond_half"], atol=0, rtol=0)
     torch.testing.assert_close(first_noise[:1], ref["step_noise_cond_half"][0], atol=0, rtol=0)
-
-
-def load_fixture_clip() -> NoisedClip:
-    clip = NoisedClip(ClipConfig.from_dict(load_json("clip_config.json")["config_yaml_keys"]))
-    for part, name in [(clip.image_encoder, "clip_image_enc_state_dict.pt"),
-                       (clip.text_encoder, "clip_text_enc_state_dict.pt")]:
-        part.load_state_dict({k: v.float().contiguous() for k, v in load_fixture(name).items()}, strict=True)
-    return clip.eval()
 
 
 def test_clip_guided_p_sample_matches_official(base_model):

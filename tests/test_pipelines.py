@@ -14,6 +14,8 @@ from glide.pipelines import (
     Text2ImagePipeline,
 )
 
+from .helpers import load_fixture_clip
+
 FAST = StageOptions(sampler="dpm++2m", steps=3)
 FAST_UP = StageOptions(sampler="ddim", steps=2, guidance_scale=1.0)
 
@@ -72,8 +74,6 @@ def test_clear_errors(text2im):
 
 
 def test_clip_guidance_and_reranking(text2im):
-    from .test_guided_sampling import load_fixture_clip
-
     pipe = Text2ImagePipeline(text2im.base, None, load_fixture_clip())
     guided = pipe("a corgi", guidance="clip", guidance_scale=3.0, base=FAST, seed=1, progress=False)
     plain = pipe("a corgi", guidance="none", base=FAST, seed=1, progress=False)

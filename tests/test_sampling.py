@@ -22,7 +22,7 @@ from glide.sampling import (
     sample_plms,
 )
 
-from .conftest import load_fixture
+from .helpers import load_fixture
 
 # ---------------------------------------------------------------------------------------------
 # Teacher-forced single steps (diffusion_steps.pt)

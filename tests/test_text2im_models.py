@@ -7,29 +7,14 @@ import json
 import pytest
 import torch
 
-from glide.models import Text2ImConfig, Text2ImUNet, build_preset, preset_config
+from glide.models import Text2ImConfig, build_preset, preset_config
 from glide.models.unet import attention_backend, timestep_embedding
 
-from .conftest import load_fixture, load_json
+from .helpers import load_fixture, load_fixture_model, load_json
 
 VARIANTS = ["base", "upsample", "base_inpaint", "upsample_inpaint"]
 OFFICIAL_NAMES = {"base": "base", "upsample": "upsample", "base_inpaint": "base-inpaint",
                   "upsample_inpaint": "upsample-inpaint"}
-
-
-def config_from_official_options(options: dict) -> Text2ImConfig:
-    """The official create_model_and_diffusion kwargs -> our config (what glide.compat does)."""
-    from glide.compat import config_from_options
-
-    return config_from_options(options)
-
-
-def load_fixture_model(variant: str) -> Text2ImUNet:
-    options = load_json(f"{variant}_options.json")["create_model_and_diffusion_kwargs"]
-    model = Text2ImUNet(config_from_official_options(options))
-    state = load_fixture(f"{variant}_state_dict.pt")
-    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, strict=True)
-    return model.eval()
 
 
 def model_inputs(ref: dict) -> dict:

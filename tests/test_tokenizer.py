@@ -21,7 +21,7 @@ from glide.tokenizer import (
     train_tokenizer,
 )
 
-from .conftest import load_json
+from .helpers import load_json
 
 CAPTIONS = [
     "a red fox jumping over a lazy dog",

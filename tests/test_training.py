@@ -26,18 +26,7 @@ from glide.training.distributed import LaunchError
 from glide.training.stages import Text2ImStage, evaluate_loss, make_stage
 from glide.training.state import ResumeError, list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny(out: Path, **overrides) -> TrainConfig:
-    """A seconds-long run: tiny U-Net at 16 px, 4 shapes images, a 300-token BPE trained on the captions."""
-    options = dict(
-        out=str(out), stage="base", model="tiny-base", image_size=16, model_overrides={"text_ctx": 24},
-        tokenizer="train:300", data="shapes:4", batch_size=4, steps=4, lr=1e-3, num_workers=0, log_every=1,
-        save_every=0, sample_every=0, ema=(0.9, 0.99), progress=False, tensorboard=False,
-    )
-    options.update(overrides)
-    return TrainConfig(**options)
+from .helpers import tiny
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

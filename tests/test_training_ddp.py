@@ -17,7 +17,7 @@ from glide.checkpoints import read_checkpoint
 from glide.training import train
 from glide.training.state import list_checkpoints
 
-from .test_training import tiny
+from .helpers import tiny
 
 pytestmark = pytest.mark.torchrun
 
