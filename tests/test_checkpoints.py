@@ -19,7 +19,8 @@ import torch
 from safetensors import safe_open
 
 from glide import checkpoints as ck
-from glide.checkpoints import CheckpointError
+from glide.checkpoints import CheckpointError, files
+from glide.checkpoints.fit import guess_config, meta_model
 from glide.download import OfflineError
 from glide.models import build_preset, preset_config
 from glide.models.classifier import ClassifierConfig, NoisyClassifier
@@ -215,14 +216,26 @@ def test_folder_without_ema_falls_back_to_model(tmp_path):
     assert isinstance(ck.load_model(tmp_path / "ckpt"), NoisyClassifier)
 
 
+def _write_step(run: Path, step: int, model, offset: float = 0.0, emas: tuple[float, ...] = ()) -> Path:
+    """A step folder as the trainer writes it: model (listing its EMA files), EMAs, trainer state."""
+    folder = run / "checkpoints" / f"step-{step:08d}"
+    names = [files.ema_file_name(rate) for rate in emas]
+    ck.save_model(model, folder / files.MODEL_FILE, state_dict=_offset_state(model, offset),
+                  metadata={files.EMA_FILES_KEY: json.dumps(names)})
+    for name in names:
+        ck.save_model(model, folder / name, state_dict=_offset_state(model, offset + 0.5))
+    torch.save({"step": step}, folder / files.STATE_FILE)
+    return folder
+
+
 def test_training_run_folder_loads_latest_step(tmp_path):
     model = _tiny_classifier()
     run = tmp_path / "run"
     for step, offset in [(5, 5.0), (9, 9.0), (10, 10.0)]:
-        ck.save_model(model, run / "checkpoints" / f"step-{step}" / "model.safetensors",
-                      state_dict=_offset_state(model, offset))
-    (run / "checkpoints" / "step-11").mkdir()  # a step still being written: no weights yet
-    assert ck.resolve_checkpoint(run).parent.name == "step-10"
+        _write_step(run, step, model, offset)
+    (run / "checkpoints" / "step-00000011").mkdir()  # a step still being written: no weights yet
+    assert ck.resolve_weights_file(run).parent.name == "step-00000010"
+    assert ck.latest_step_dir(run).name == "step-00000010"
     loaded = ck.load_model(run, weights="model")
     assert (loaded.head[-1].bias - model.head[-1].bias).mean().item() == pytest.approx(10.0)
 
@@ -232,11 +245,59 @@ def test_training_run_folder_loads_latest_step(tmp_path):
         ck.load_model(empty)
 
 
-def test_padded_step_folders(tmp_path):
+def test_padded_and_unpadded_step_folders_sort_by_number(tmp_path):
     model = _tiny_classifier()
-    for step in (10, 100):
-        ck.save_model(model, tmp_path / "run" / "checkpoints" / f"step-{step:08d}" / "model.safetensors")
-    assert ck.resolve_checkpoint(tmp_path / "run").parent.name == "step-00000100"
+    _write_step(tmp_path / "run", 10, model)
+    folder = _write_step(tmp_path / "run", 100, model)
+    folder.rename(folder.with_name("step-100"))
+    assert ck.resolve_weights_file(tmp_path / "run").parent.name == "step-100"
+    assert [p.name for p in ck.list_step_dirs(tmp_path / "run")] == ["step-00000010", "step-100"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "only-ema", "no-state", "no-model", "one-ema-gone", "renamed-away"])
+def test_incomplete_step_folders_are_skipped_by_loading_and_resuming(tmp_path, damage):
+    """What kill -9 during pruning (or saving) can leave: loading and resuming both skip it."""
+    from glide.training.state import find_step_to_resume
+
+    model = _tiny_classifier()
+    run = tmp_path / "run"
+    _write_step(run, 1, model, offset=1.0, emas=(0.9, 0.99))
+    broken = _write_step(run, 2, model, offset=2.0, emas=(0.9, 0.99))
+    if damage == "empty":
+        for f in broken.iterdir():
+            f.unlink()
+    elif damage == "only-ema":
+        for f in broken.iterdir():
+            if f.name != "ema-0.99.safetensors":
+                f.unlink()
+    elif damage == "no-state":
+        (broken / files.STATE_FILE).unlink()
+    elif damage == "no-model":
+        (broken / files.MODEL_FILE).unlink()
+    elif damage == "one-ema-gone":
+        (broken / "ema-0.9.safetensors").unlink()
+    else:
+        broken.rename(broken.with_name(f".trash-{broken.name}-123"))
+    assert not files.is_complete_step(broken)
+    assert [p.name for p in ck.list_step_dirs(run)] == ["step-00000001"]
+    assert find_step_to_resume(run).name == "step-00000001"
+    loaded = ck.load_model(run)  # the slowest EMA of step 1
+    assert (loaded.head[-1].bias - model.head[-1].bias).mean().item() == pytest.approx(1.5)
+    if broken.exists() and (broken / files.STATE_FILE).exists():
+        with pytest.raises(Exception, match="incomplete"):
+            find_step_to_resume(broken)
+
+
+def test_checkpoints_get_the_umask_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ck.save_model(_tiny_classifier(), tmp_path / "a.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        path = ck.save_model(_tiny_classifier(), tmp_path / "b.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +307,7 @@ def test_official_name_with_wrong_weights_names_keys_and_lookalike(cache, tiny_b
     state = tiny_base.state_dict()
     _official_pt(cache, "base", state)
     # The official base is checked on the meta device: nothing of its 385M parameters is allocated.
-    monkeypatch.setattr(ck, "_materialize", lambda *a: pytest.fail("materialised a model that does not fit"))
+    monkeypatch.setattr(ck.load, "materialize", lambda *a: pytest.fail("materialised a model that does not fit"))
     with pytest.raises(CheckpointError) as info:
         ck.load_model("base", cache_dir=cache)
     msg = str(info.value)
@@ -279,12 +340,12 @@ def test_official_name_resolution_uses_registry_preset(cache, tiny_base, tiny_of
 
 
 def test_guess_config_of_official_size_state_on_meta():
-    state = ck._meta_model("text2im", preset_config("upsample-inpaint")).state_dict()
+    state = meta_model("text2im", preset_config("upsample-inpaint")).state_dict()
     assert sum(v.numel() for v in state.values()) > 300_000_000  # official size, no memory
-    model_type, config = ck._guess_config(state, Path("x.pt"))
+    model_type, config = guess_config(state, Path("x.pt"))
     assert model_type == "text2im" and config == preset_config("upsample-inpaint")
-    clip_text = ck._meta_model("clip-text-enc", preset_config("clip-text-enc")).state_dict()
-    assert ck._guess_config(clip_text, Path("x.pt"))[0] == "clip-text-enc"
+    clip_text = meta_model("clip-text-enc", preset_config("clip-text-enc")).state_dict()
+    assert guess_config(clip_text, Path("x.pt"))[0] == "clip-text-enc"
 
 
 def test_bare_pt_of_unknown_size_asks_for_a_config(tmp_path):
@@ -367,7 +428,7 @@ def test_convert_pt_to_safetensors_keeps_dtype_and_stores_config(cache, tiny_bas
     state, config = ck.read_checkpoint(dst)
     assert config == {**preset_config("tiny-base").to_dict(), "model_type": "text2im"}
     assert state["out.2.weight"].dtype == torch.float16
-    assert ck.resolve_checkpoint("base", cache_dir=cache) == dst  # the converted file is preferred
+    assert ck.resolve_weights_file("base", cache_dir=cache) == dst  # the converted file is preferred
     _assert_same_weights(ck.load_model(dst), ck.load_model(src))
 
     with pytest.raises(CheckpointError, match="already exists.*--force"):
@@ -519,7 +580,7 @@ def test_download_official_into_cache(server, tiny_base, tmp_path, monkeypatch, 
     assert dest.read_bytes() == src.read_bytes()
     assert ck.download_official("base", progress=False) == dest  # already there: no second request
     assert server.requests == ["/base.pt"]
-    assert [row["downloaded"] for row in ck.list_checkpoints() if row["name"] == "base"] == [True]
+    assert [row["downloaded"] for row in ck.official_status() if row["name"] == "base"] == [True]
     _assert_same_weights(ck.load_model("base"), tiny_base)
 
 

@@ -24,7 +24,7 @@ from glide.training.build import create_model
 from glide.training.cli import train_command
 from glide.training.distributed import LaunchError
 from glide.training.stages import Text2ImStage, evaluate_loss, make_stage
-from glide.training.state import ResumeError, list_checkpoints
+from glide.training.state import ResumeError, list_step_dirs
 
 from .helpers import tiny
 
@@ -62,7 +62,7 @@ def test_each_stage_lowers_the_loss(stage, tmp_path):
     cfg = tiny(tmp_path / stage, stage=stage, **{**options, **STAGES[stage]})
     run = train(cfg)
 
-    checkpoint = list_checkpoints(run)[-1]
+    checkpoint = list_step_dirs(run)[-1]
     trained = load_model(checkpoint, weights="model")
     config = read_checkpoint(checkpoint / "model.safetensors")[1]
     initial = create_model(config["model_type"], config_from_dict(config), cfg.seed)
@@ -92,7 +92,7 @@ def straight_run(tmp_path_factory) -> Path:
 
 
 def final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
-    checkpoint = list_checkpoints(run)[-1]
+    checkpoint = list_step_dirs(run)[-1]
     assert checkpoint.name == "step-00000006"
     return {f.name: weights(f) for f in sorted(checkpoint.glob("*.safetensors"))}
 
@@ -100,7 +100,7 @@ def final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 def test_resume_gives_the_same_weights(straight_run, tmp_path):
     out = tmp_path / "resumed"
     train(tiny(out, **{**RESUME_OPTIONS, "steps": 3}))
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000003"]
+    assert [p.name for p in list_step_dirs(out)] == ["step-00000003"]
     train(tiny(out, **RESUME_OPTIONS, resume="auto"))
     expected, got = final_weights(straight_run), final_weights(out)
     assert expected.keys() == got.keys() == {"model.safetensors", "ema-0.9.safetensors", "ema-0.99.safetensors"}
@@ -108,7 +108,7 @@ def test_resume_gives_the_same_weights(straight_run, tmp_path):
         assert_same(expected[name], got[name])
     # metrics rows continue where the checkpoint was, without duplicates
     assert [r["step"] for r in metric_rows(out)] == [1, 2, 3, 4, 5, 6]
-    state = torch.load(list_checkpoints(out)[-1] / "trainer_state.pt", weights_only=True)
+    state = torch.load(list_step_dirs(out)[-1] / "trainer_state.pt", weights_only=True)
     assert state["step"] == 6 and state["samples_seen"] == 24
 
 
@@ -135,7 +135,7 @@ def test_kill_9_during_a_save_then_resume(straight_run, tmp_path):
     script = KILLER.replace("{config}", repr(cfg.to_dict())).replace("{threads}", str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
+    assert [p.name for p in list_step_dirs(out)] == ["step-00000002"]
     assert any(p.name.startswith(".tmp-step-00000004") for p in (out / "checkpoints").iterdir())
 
     train(cfg.replace(resume="auto"))
@@ -174,7 +174,7 @@ def test_refuses_a_folder_holding_another_run(straight_run, tmp_path):
     (out / "config.yaml").write_text("stage: base\n")
     (out / "notes.txt").write_text("mine")
     train(tiny(out, steps=1, overwrite=True))
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
+    assert [p.name for p in list_step_dirs(out)] == ["step-00000001"]
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
 
 
@@ -295,7 +295,7 @@ def test_nonfinite_step_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(Text2ImStage, "loss", poisoned)
     run = train(tiny(tmp_path / "run", steps=3))
     assert [r["skipped_steps"] for r in metric_rows(run)] == [0, 1, 1]
-    checkpoint = list_checkpoints(run)[-1]
+    checkpoint = list_step_dirs(run)[-1]
     files = sorted(checkpoint.glob("*.safetensors"))
     assert len(files) == 3, files  # the model and its two EMA averages
     for path in files:
@@ -320,7 +320,7 @@ def test_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted) as info:
         train(tiny(tmp_path / "run", steps=50, save_every=100))
     assert info.value.step == 2
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000002"]
+    assert [p.name for p in list_step_dirs(tmp_path / "run")] == ["step-00000002"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -329,7 +329,7 @@ def test_finetune_options(straight_run, tmp_path):
     run = train(tiny(tmp_path / "ft", init=str(straight_run), tokenizer=None, train="unet", precision="bf16",
                      grad_accum=2, grad_checkpointing=True, steps=2, lr_schedule="cosine", data="shapes:6"))
     start = load_model(straight_run).state_dict()
-    tuned = weights(list_checkpoints(run)[-1] / "model.safetensors")
+    tuned = weights(list_step_dirs(run)[-1] / "model.safetensors")
     text = [k for k in tuned if k.startswith(("transformer.", "token_embedding", "positional_embedding"))]
     assert text and all(torch.equal(tuned[k], start[k]) for k in text)
     assert not torch.equal(tuned["out.2.weight"], start["out.2.weight"])
@@ -374,7 +374,7 @@ def test_cli_config_file_flags_and_resume(tmp_path):
     assert saved["steps"] == 1 and saved["lr"] == 0.002 and saved["image_size"] == 16 and saved["ema"] == [0.9]
     result = runner.invoke(train_command, ["--resume", "--out", str(out), "--steps", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000001", "step-00000002"]
+    assert [p.name for p in list_step_dirs(out)] == ["step-00000001", "step-00000002"]
     result = runner.invoke(train_command, ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
     result = runner.invoke(train_command, ["--stage", "nonsense"])
@@ -408,7 +408,7 @@ def test_webdataset_shards_train_and_resume_exactly(tmp_path):
     out = tmp_path / "resumed"
     train(tiny(out, steps=2, **options))
     train(tiny(out, steps=4, resume="auto", **options))
-    assert_same(weights(list_checkpoints(straight)[-1] / "model.safetensors"),
-                weights(list_checkpoints(out)[-1] / "model.safetensors"))
+    assert_same(weights(list_step_dirs(straight)[-1] / "model.safetensors"),
+                weights(list_step_dirs(out)[-1] / "model.safetensors"))
     last = metric_rows(straight)[-1]
     assert last["skipped_images"] >= 1 and last["skipped_captions"] >= 1

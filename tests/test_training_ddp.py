@@ -15,7 +15,7 @@ import torch
 
 from glide.checkpoints import read_checkpoint
 from glide.training import train
-from glide.training.state import list_checkpoints
+from glide.training.state import list_step_dirs
 
 from .helpers import tiny
 
@@ -45,7 +45,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stderr and "global batch 4 = 2 x 1 x 2" in result.stderr
 
-    one, two = list_checkpoints(single)[-1], list_checkpoints(tmp_path / "ddp")[-1]
+    one, two = list_step_dirs(single)[-1], list_step_dirs(tmp_path / "ddp")[-1]
     assert one.name == two.name == "step-00000003"
     for name in ("model.safetensors", "ema-0.9.safetensors", "ema-0.99.safetensors"):
         a, b = read_checkpoint(one / name)[0], read_checkpoint(two / name)[0]

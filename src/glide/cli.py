@@ -29,9 +29,8 @@ from typing import Any
 
 import click
 
-RANDOM_PREFIX = "random:"
-OPENAI = "openai"  # the official pair of the command (base + upsample, or the inpainting pair)
-RANDOM_CLIP = "random"  # a tiny randomly initialised noised CLIP, for trying --guidance clip / --rerank
+OPENAI = "openai"  # the official pair of the command (glide.checkpoints.specs.OPENAI)
+RANDOM_CLIP = "random"  # a tiny randomly initialised noised CLIP (glide.checkpoints.specs.RANDOM_CLIP)
 RECIPES = ("default", "notebook")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Commands imported only when used, so a broken optional part cannot break ``glide --help``:
@@ -58,12 +57,11 @@ def _warn(message: str) -> None:
 @contextlib.contextmanager
 def _expected_errors() -> Iterator[None]:
     """Turn the library's expected failures into one ``Error: ...`` line (no traceback)."""
-    from .checkpoints import CheckpointError
-    from .download import DownloadError
+    from .errors import GlideError
 
     try:
         yield
-    except (CheckpointError, DownloadError, ValueError, FileNotFoundError) as e:
+    except (GlideError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e) or type(e).__name__) from e
 
 
@@ -210,203 +208,47 @@ class LoadedModels:
     random: tuple[str, ...] = ()  # the specs that are randomly initialised (untrained)
 
 
-def _text2im_presets() -> dict[str, dict]:
-    from .models.presets import TEXT2IM_PRESETS
+@contextlib.contextmanager
+def _spec_errors() -> Iterator[None]:
+    """A spec error names the option it came from: show it as click's usage error for that option."""
+    from .errors import SpecError
 
-    return TEXT2IM_PRESETS
-
-
-def _official_names() -> tuple[str, ...]:
-    from .checkpoints import OFFICIAL_CHECKPOINTS
-
-    return tuple(OFFICIAL_CHECKPOINTS)
-
-
-def _pair(command: str) -> tuple[str, str]:
-    """The official (base, upsampler) names of a command's ``--model openai``."""
-    return ("base-inpaint", "upsample-inpaint") if command == "inpaint" else ("base", "upsample")
+    try:
+        yield
+    except SpecError as e:
+        raise click.BadParameter(str(e), param_hint=e.option) from None
 
 
-def _resolve_specs(command: str, model: str, upsampler: str | None) -> tuple[str, str | None]:
-    """(base spec, upsampler spec or None), filling in ``openai`` and the automatic upsampler:
-    the official one for official/path models, the matching tiny preset for ``random:`` ones."""
-    official_base, official_up = _pair(command)
-    base = official_base if model == OPENAI else model
-    if upsampler is None:
-        if base.startswith(RANDOM_PREFIX):
-            candidate = base.replace("base", "upsample", 1)
-            upsampler = candidate if candidate[len(RANDOM_PREFIX):] in _text2im_presets() else "none"
-        else:
-            upsampler = official_up
-    elif upsampler == OPENAI:
-        upsampler = official_up
-    return base, None if upsampler.lower() == "none" else upsampler
+def plan_models(command: str, model: str, upsampler: str | None, clip: str | None, cache_dir: str | None):
+    """Check every model spec before anything is loaded (``glide.checkpoints.specs.plan_models``)."""
+    from .checkpoints.specs import plan_models as plan
+
+    with _spec_errors():
+        return plan(command, model, upsampler, clip, cache_dir=cache_dir)
 
 
-def _check_spec(spec: str, option: str) -> None:
-    """Fail early, listing the valid names, for a spec that is no preset, name, file or folder."""
-    if spec.startswith(RANDOM_PREFIX):
-        preset = spec[len(RANDOM_PREFIX):]
-        if preset not in _text2im_presets():
-            raise click.BadParameter(
-                f"unknown preset {preset!r} in {spec!r}; valid presets: {', '.join(_text2im_presets())}",
-                param_hint=option)
-        return
-    if spec in _official_names() or Path(spec).exists():
-        return
-    raise click.BadParameter(
-        f"no checkpoint {spec!r}: not a file or folder. Valid names: {OPENAI}, {', '.join(_official_names())}, "
-        f"a .pt/.safetensors file, a checkpoint or training-run folder, or random:PRESET "
-        f"(presets: {', '.join(_text2im_presets())})", param_hint=option)
-
-
-def _require_downloaded(specs: Sequence[str], cache_dir: str | None, hint: str = "") -> None:
-    """One error naming every official checkpoint still to download, with the command to run."""
-    from .checkpoints import checkpoint_dir, list_checkpoints
-
-    wanted = [s for s in dict.fromkeys(specs) if s in _official_names()]
-    state = {row["name"]: row["downloaded"] for row in list_checkpoints(cache_dir)}
-    missing = [name for name in wanted if not state[name]]
-    if missing:
-        cache = " --cache-dir " + str(cache_dir) if cache_dir else ""
-        raise click.ClickException(
-            f"the official checkpoint(s) {', '.join(missing)} are not downloaded yet "
-            f"(looked in {checkpoint_dir(cache_dir)}). Fetch them with:\n\n"
-            f"    glide download {' '.join(missing)}{cache}\n" + (f"\n{hint}" if hint else "")
-        )
-
-
-def _random_text2im(preset: str, device, dtype):
-    """A randomly initialised preset, the same weights every time (seeded, RNG state restored)."""
-    import torch
-
-    from .models import build_preset
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_preset(preset)
-    model = model.to(device).eval()
-    if dtype != torch.float32:
-        model.convert_to_half(dtype)
-    return model
-
-
-def _random_clip(image_size: int, device):
-    """A tiny randomly initialised noised CLIP (``--clip random``), for trying guidance and reranking."""
-    import torch
-
-    from .models.clip import ClipConfig, NoisedClip
-
-    config = ClipConfig(image_size=image_size, patch_size=8, n_embd=32, n_head_state_text=16, n_head_text=2,
-                        n_xf_blocks_text=1, n_head_state_image=16, n_head_image=2, n_xf_blocks_image=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = NoisedClip(config)
-    return model.to(device).eval()
-
-
-def _describe(spec: str, cache_dir: str | None) -> str:
-    if spec.startswith(RANDOM_PREFIX):
-        return f"{spec} (RANDOM WEIGHTS: an untrained model, its images are noise)"
-    if spec in _official_names():
-        from .checkpoints import official_path
-
-        return f"{spec} ({official_path(spec, cache_dir)})"
-    return spec
-
-
-def _check_role(config, spec: str, role: str, command: str) -> None:
-    if not hasattr(config, "super_res"):
-        raise click.BadParameter(f"{spec!r} is not a text-to-image model", param_hint=f"--{role}")
-    if role == "model" and config.super_res:
-        raise click.BadParameter(f"{spec!r} is an upsampler; pass it as --upsampler", param_hint="--model")
-    if role == "upsampler" and not config.super_res:
-        raise click.BadParameter(f"{spec!r} is not an upsampler (a 64 px base model?)", param_hint="--upsampler")
-    if command == "inpaint" and not config.inpaint:
-        raise click.BadParameter(
-            f"{spec!r} is not an inpainting model; use e.g. base-inpaint / upsample-inpaint "
-            f"or random:tiny-base-inpaint / random:tiny-upsample-inpaint", param_hint=f"--{role}")
-    if command != "inpaint" and config.inpaint:
-        raise click.BadParameter(f"{spec!r} is an inpainting model; use it with 'glide inpaint'",
-                                 param_hint=f"--{role}")
-
-
-@dataclass
-class ModelPlan:
-    """What a command will load: (role, spec) pairs (role "model" or "upsampler") and the CLIP."""
-
-    roles: list[tuple[str, str]]
-    clip: str | None = None
-
-
-def plan_models(command: str, model: str, upsampler: str | None, clip: str | None,
-                cache_dir: str | None) -> ModelPlan:
-    """Check every model spec before anything is loaded: names, presets, roles, downloads."""
-    base_spec, up_spec = _resolve_specs(command, model, upsampler)
-    roles = [("model", base_spec)] + ([("upsampler", up_spec)] if up_spec else [])
-    for role, spec in roles:
-        _check_spec(spec, f"--{role}")
-        if spec.startswith(RANDOM_PREFIX):
-            from .models import preset_config
-
-            _check_role(preset_config(spec[len(RANDOM_PREFIX):]), spec, role, command)
-    clip_specs: list[str] = []
-    if clip == OPENAI:
-        clip_specs = ["clip-image-enc", "clip-text-enc"]
-    elif clip is not None and clip != RANDOM_CLIP and not Path(clip).exists():
-        raise click.BadParameter(f"no CLIP checkpoint {clip!r}: use {OPENAI}, {RANDOM_CLIP} or a path",
-                                 param_hint="--clip")
-    hint = "(Or pass --upsampler none to keep the base model's 64 px images.)" if upsampler is None else ""
-    _require_downloaded([spec for _, spec in roles] + clip_specs, cache_dir, hint if up_spec else "")
-    return ModelPlan(roles, clip)
-
-
-def load_models(plan: ModelPlan, command: str, *, device, dtype, cache_dir: str | None,
-                progress: bool) -> LoadedModels:
+def load_models(plan, command: str, *, device, dtype, cache_dir: str | None, progress: bool) -> LoadedModels:
     """Load (or randomly build) the planned models, with a progress bar and clear labels."""
     from tqdm.auto import tqdm
 
+    from .checkpoints.specs import load_for_role
+
     loaded: dict[str, Any] = {}
-    random_specs = [spec for _, spec in plan.roles if spec.startswith(RANDOM_PREFIX)]
-    bar = tqdm(total=len(plan.roles) + (plan.clip is not None), desc="loading models", unit="model",
-               disable=not progress)
-    with bar:
-        for role, spec in plan.roles:
-            bar.set_postfix_str(spec)
+    roles = plan.roles()
+    with tqdm(total=len(roles), desc="loading models", unit="model", disable=not progress) as bar, _spec_errors():
+        for role, spec in roles:
+            bar.set_postfix_str(spec.given)
             start = time.perf_counter()
-            if spec.startswith(RANDOM_PREFIX):
-                loaded[role] = _random_text2im(spec[len(RANDOM_PREFIX):], device, dtype)
-            else:
-                from .checkpoints import load_model
-
-                loaded[role] = load_model(spec, device=device, dtype=dtype, cache_dir=cache_dir)
-                _check_role(loaded[role].config, spec, role, command)
+            image_size = loaded["base"].config.image_size if role == "clip" else None
+            loaded[role] = load_for_role(spec, role, inpaint=plan.inpaint, device=device, dtype=dtype,
+                                         cache_dir=cache_dir, image_size=image_size)
             bar.update()
-            _log(f"{role}: {_describe(spec, cache_dir)} [{time.perf_counter() - start:.1f}s]",
-                 fg="yellow" if spec.startswith(RANDOM_PREFIX) else None)
-        if plan.clip is not None:
-            bar.set_postfix_str(plan.clip)
-            loaded["clip"] = _load_clip(plan.clip, loaded["model"].config.image_size, device, cache_dir)
-            if plan.clip == RANDOM_CLIP:
-                random_specs.append("--clip random")
-            bar.update()
-            _log(f"clip: {plan.clip}" + (" (RANDOM WEIGHTS)" if plan.clip == RANDOM_CLIP else ""))
-    if random_specs:
-        _warn(f"RANDOM WEIGHTS ({', '.join(random_specs)}): untrained models, the images will be noise. "
+            _log(f"{role if role != 'base' else 'model'}: {spec.describe(cache_dir)} "
+                 f"[{time.perf_counter() - start:.1f}s]", fg="yellow" if spec.is_random else None)
+    if plan.random:
+        _warn(f"RANDOM WEIGHTS ({', '.join(plan.random)}): untrained models, the images will be noise. "
               f"For real images run 'glide download base upsample' and use --model openai.")
-    return LoadedModels(loaded["model"], loaded.get("upsampler"), loaded.get("clip"), tuple(random_specs))
-
-
-def _load_clip(clip: str, image_size: int, device, cache_dir: str | None):
-    if clip == RANDOM_CLIP:
-        return _random_clip(image_size, device)
-    try:
-        from .checkpoints import load_clip
-    except ImportError:
-        raise click.ClickException("this version of glide cannot load CLIP checkpoints (no load_clip)") from None
-    if clip == OPENAI:
-        return load_clip("clip-image-enc", "clip-text-enc", device=device, cache_dir=cache_dir)
-    return load_clip(clip, device=device, cache_dir=cache_dir)
+    return LoadedModels(loaded["base"], loaded.get("upsampler"), loaded.get("clip"), plan.random)
 
 
 # --------------------------------------------------------------------------------------------
@@ -809,9 +651,10 @@ def convert(src: str, dst: str | None, cache_dir: str | None, force: bool) -> No
       glide convert upsample.pt upsample.safetensors
     """
     from .checkpoints import OFFICIAL_CHECKPOINTS, convert_checkpoint
+    from .checkpoints.specs import require_downloaded
 
     if src in OFFICIAL_CHECKPOINTS:
-        _require_downloaded([src], cache_dir)
+        require_downloaded([src], cache_dir)
     started = time.perf_counter()
     path = convert_checkpoint(src, dst, cache_dir=cache_dir, overwrite=force)
     _log(f"converted {src} in {time.perf_counter() - started:.1f}s")
@@ -838,10 +681,10 @@ def models(cache_dir: str | None) -> None:
       glide models
       GLIDE_CACHE=/data/glide glide models
     """
-    from .checkpoints import checkpoint_dir, list_checkpoints
+    from .checkpoints import checkpoint_dir, official_status
     from .models.presets import CLIP_PRESETS, TEXT2IM_PRESETS
 
-    rows = list_checkpoints(cache_dir)
+    rows = official_status(cache_dir)
     click.echo(f"Official checkpoints (in {checkpoint_dir(cache_dir)}):")
     width = max(len(row["name"]) for row in rows)
     for row in rows:

@@ -25,6 +25,8 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from .errors import ChecksumError, DownloadError, OfflineError
+
 __all__ = [
     "ChecksumError",
     "DownloadError",
@@ -32,6 +34,7 @@ __all__ = [
     "cache_dir",
     "download",
     "fetch_cached",
+    "fetch_to",
     "is_offline",
     "sha256_file",
 ]
@@ -39,18 +42,6 @@ __all__ = [
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 _USER_AGENT = "glide-downloader/1.0 (+python urllib)"
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched (network failure, bad response, offline mode, bad checksum)."""
-
-
-class ChecksumError(DownloadError):
-    """A file's sha256 is not the expected one."""
-
-
-class OfflineError(DownloadError):
-    """A download was needed while ``GLIDE_OFFLINE`` is set."""
 
 
 def is_offline() -> bool:
@@ -109,15 +100,25 @@ def fetch_cached(
     """Path of ``url``'s file in the cache, downloading it first if it is not there.
 
     The file lives at ``cache_dir() / subdir / filename`` (``filename`` defaults to the last
-    component of the URL path). With ``sha256``, an existing file is verified once (a
-    ``<file>.sha256`` note records the verified size and mtime, so large checkpoints are not
-    re-hashed on every load); a cached file that fails verification is fetched again.
+    component of the URL path); see ``fetch_to`` for the rest.
     """
     if filename is None:
         filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
         if not filename:
             raise ValueError(f"cannot derive a file name from {url!r}; pass filename=")
-    dest = cache_dir() / subdir / filename
+    return fetch_to(url, cache_dir() / subdir / filename, sha256=sha256, progress=progress)
+
+
+def fetch_to(url: str, dest: str | os.PathLike, *, sha256: str | None = None, progress: bool = True) -> Path:
+    """``dest``, downloading ``url`` into it first unless it is already there (and verified).
+
+    With ``sha256``, an existing file is verified once (a ``<file>.sha256`` note records the
+    verified size and mtime, so large checkpoints are not re-hashed on every load); a file that
+    fails verification is fetched again. Two processes asking for the same ``dest`` download it
+    once: the second waits on the lock, then finds the file. ``GLIDE_OFFLINE`` raises
+    ``OfflineError`` naming the file instead of downloading.
+    """
+    dest = Path(dest)
     if _cached_ok(dest, sha256):
         return dest
     _refuse_if_offline(url, dest)

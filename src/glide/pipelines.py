@@ -208,17 +208,14 @@ class Text2ImagePipeline:
         dtype: torch.dtype | None = None,
         cache_dir: str | Path | None = None,
     ) -> Text2ImagePipeline:
-        """Load by official name, checkpoint path or glide folder (see ``glide.checkpoints``)."""
-        from .checkpoints import load_clip, load_model
+        """Load by spec (``openai``, an official name, a path or folder, ``random:PRESET``; see
+        ``glide.checkpoints.specs``): every role is checked before any weights are read.
+        ``upsampler=None`` means no upsampler; ``clip`` is a spec or an (image, text) pair of halves."""
+        from .checkpoints.specs import load_pipeline_models
 
-        kw = dict(device=device, dtype=dtype, cache_dir=cache_dir)
-        base_model = load_model(base, **kw)
-        up_model = load_model(upsampler, **kw) if upsampler else None
-        clip_model = None
-        if clip:
-            image, text = clip if isinstance(clip, tuple) else (clip, None)
-            clip_model = load_clip(image, text, device=device, cache_dir=cache_dir) if text else load_clip(
-                image, device=device, cache_dir=cache_dir)
+        base_model, up_model, clip_model = load_pipeline_models(
+            "sample", str(base), str(upsampler) if upsampler else "none", clip,
+            device=device, dtype=dtype, cache_dir=cache_dir)
         return cls(base_model, up_model, clip_model)
 
     def __call__(
@@ -341,10 +338,13 @@ class InpaintPipeline:
     @classmethod
     def from_pretrained(cls, base="base-inpaint", upsampler="upsample-inpaint", *, device="cpu", dtype=None,
                         cache_dir=None) -> InpaintPipeline:
-        from .checkpoints import load_model
+        """Load an inpainting pair by spec (see ``Text2ImagePipeline.from_pretrained``)."""
+        from .checkpoints.specs import load_pipeline_models
 
-        kw = dict(device=device, dtype=dtype, cache_dir=cache_dir)
-        return cls(load_model(base, **kw), load_model(upsampler, **kw) if upsampler else None)
+        base_model, up_model, _ = load_pipeline_models(
+            "inpaint", str(base), str(upsampler) if upsampler else "none",
+            device=device, dtype=dtype, cache_dir=cache_dir)
+        return cls(base_model, up_model)
 
     def __call__(
         self,

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
+
 STAGES = ("base", "upsample", "inpaint", "upsample-inpaint", "clip", "classifier")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -32,10 +34,6 @@ DEFAULT_MODEL = {
     "clip": "clip",
     "classifier": "classifier",
 }
-
-
-class ConfigError(ValueError):
-    """A training option, or a combination of them, that cannot work."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:

@@ -16,11 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import LaunchError
+
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-class LaunchError(RuntimeError):
-    """The process / device setup does not fit the options (or the torchrun launch is incomplete)."""
 
 
 @dataclass

@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def rate_name(rate: float) -> str:
-    """The file stem of an EMA rate: 0.9999 -> 'ema-0.9999'."""
-    return f"ema-{rate:g}"
+from ..checkpoints.files import ema_name as rate_name  # the run-folder layout owns EMA file names
 
 
 class EMA:

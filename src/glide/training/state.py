@@ -10,14 +10,18 @@ Layout of a run folder::
         ema-0.9999.safetensors           one file per EMA rate
         trainer_state.pt                 optimizer, scaler, step, data position, RNG states
 
-A checkpoint is written into ``checkpoints/.tmp-step-XXXXXXXX-<pid>/`` and renamed into place,
-so a folder named ``step-*`` is always complete, even if the process was killed mid-write.
+The layout itself (names, what a complete step is, the latest step) lives in
+``glide.checkpoints.files``, shared with the loaders. A checkpoint is written into
+``checkpoints/.tmp-step-XXXXXXXX-<pid>/`` and renamed into place; pruned ones are renamed to
+``.trash-...`` before they are deleted; so a folder named ``step-*`` is always complete, even if
+the process was killed mid-write or mid-prune.
 ``trainer_state.pt`` holds only tensors and plain Python values: it loads with
 ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -29,22 +33,30 @@ import torch
 from torch import nn
 
 from ..checkpoints import save_model
-from .ema import EMA, rate_name
+from ..checkpoints.files import (
+    CHECKPOINTS,
+    EMA_FILES_KEY,
+    MODEL_FILE,
+    STATE_FILE,
+    clean_stale_dirs,
+    ema_file_name,
+    holds_run,
+    is_complete_step,
+    list_step_dirs,
+    remove_step_dir,
+    step_dir_name,
+    step_of,
+)
+from ..errors import ResumeError
+from .ema import EMA
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.pt"
-MODEL_FILE = "model.safetensors"
 STATE_FORMAT = 1
 # What a run writes into its folder; --overwrite removes exactly these.
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "metrics.csv", CHECKPOINTS, "samples", "tensorboard", "train.log")
-
-
-class ResumeError(RuntimeError):
-    """A checkpoint to resume from is missing, incomplete, or belongs to a different run."""
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
+__all__ = [  # the layout names are re-exported for the trainer and the training CLI
+    "CHECKPOINTS", "MODEL_FILE", "STATE_FILE", "ResumeError", "clean_stale_dirs", "ema_file_name", "holds_run",
+    "list_step_dirs", "step_dir_name",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,9 +112,10 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     metadata = {"glide_step": str(step), "glide_stage": str(trainer_state.get("stage", ""))}
-    save_model(model, tmp / MODEL_FILE, metadata=metadata)
-    for rate in ema.rates:
-        save_model(model, tmp / f"{rate_name(rate)}.safetensors", state_dict=ema.state_dict(rate),
+    ema_files = [ema_file_name(rate) for rate in ema.rates]
+    save_model(model, tmp / MODEL_FILE, metadata={**metadata, EMA_FILES_KEY: json.dumps(ema_files)})
+    for rate, name in zip(ema.rates, ema_files, strict=True):
+        save_model(model, tmp / name, state_dict=ema.state_dict(rate),
                    metadata={**metadata, "glide_ema_rate": f"{rate:g}"})
     torch.save(trainer_state, tmp / STATE_FILE)
     _fsync_dir_files(tmp)
@@ -112,8 +125,8 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
     if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in list_step_dirs(run_dir)[:-keep]:
+            remove_step_dir(old)
     return final
 
 
@@ -123,36 +136,21 @@ def _fsync_dir_files(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-def clean_stale_tmp(run_dir: Path) -> None:
-    """Remove half-written checkpoint folders left by a killed process."""
-    root = Path(run_dir) / CHECKPOINTS
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(path, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Finding and reading checkpoints
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    steps = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()]
-    return sorted(steps, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint folder, a run folder (its latest) or ``checkpoints/``."""
+def find_step_to_resume(path: str | Path) -> Path:
+    """The step folder ``--resume PATH`` names: a step folder itself, or a run folder (or its
+    ``checkpoints``) -> its latest complete step."""
     path = Path(path)
     if (path / STATE_FILE).is_file():
+        if step_of(path) is not None and not is_complete_step(path):
+            raise ResumeError(f"cannot resume from {path}: the step folder is incomplete (a file is missing); "
+                              f"resume from the run folder to use its latest complete step")
         return path
     if path.is_dir():
-        run = path.parent if path.name == CHECKPOINTS else path
-        found = list_checkpoints(run)
+        found = list_step_dirs(path)
         if found:
             return found[-1]
         raise ResumeError(
@@ -174,10 +172,6 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 # The run folder
 
 
-def holds_run(run_dir: Path) -> bool:
-    return any((Path(run_dir) / name).exists() for name in ("config.yaml", CHECKPOINTS, "metrics.jsonl"))
-
-
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Create the run folder; refuse to mix with an existing run unless resuming or overwriting."""
     run_dir = Path(run_dir)
@@ -185,7 +179,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(f"--out {run_dir} is a file, not a folder")
     if holds_run(run_dir) and not resume:
         if not overwrite:
-            found = list_checkpoints(run_dir)
+            found = list_step_dirs(run_dir)
             what = f"a run with {len(found)} checkpoint(s), the latest {found[-1].name}" if found else "a run"
             raise FileExistsError(
                 f"--out {run_dir} already holds {what}. Pass --resume to continue it, --overwrite to replace "

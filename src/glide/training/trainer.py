@@ -46,7 +46,7 @@ from .build import (
 )
 from .config import ConfigError, TrainConfig
 from .distributed import Distributed, LaunchError
-from .ema import EMA, rate_name
+from .ema import EMA
 from .loader import DataStream, batch_positions, open_dataset, probe
 from .monitor import Meter, MetricsLog
 from .stages import TEXT2IM_STAGES, make_stage, sample_seeds
@@ -54,11 +54,13 @@ from .state import (
     STATE_FORMAT,
     ResumeError,
     capture_rng,
-    clean_stale_tmp,
-    list_checkpoints,
+    clean_stale_dirs,
+    ema_file_name,
+    find_step_to_resume,
+    holds_run,
+    list_step_dirs,
     load_trainer_state,
     prepare_run_dir,
-    resolve_checkpoint,
     restore_rng,
     save_checkpoint,
 )
@@ -93,7 +95,7 @@ def train(config: TrainConfig) -> Path:
             check_resumable(cfg, resume_state, resume_from)
         if env.is_main:
             prepare_run_dir(run_dir, resume=cfg.resume is not None, overwrite=cfg.overwrite)
-            clean_stale_tmp(run_dir)
+            clean_stale_dirs(run_dir)
             log_file = attach_log_file(run_dir)
         env.barrier()
 
@@ -302,15 +304,24 @@ def seed_everything(seed: int) -> None:
 
 
 def find_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint folder ``--resume`` names (``auto``: the latest in ``--out``, or none)."""
+    """The checkpoint folder ``--resume`` names (``auto``: the latest in ``--out``).
+
+    ``--resume`` of a folder that is missing or holds no run is an error naming it (a typo must
+    not start a new run); a run that has not saved its first step yet starts from the beginning.
+    """
     if cfg.resume is None:
         return None
     if cfg.resume in ("auto", "latest", ""):
-        found = list_checkpoints(cfg.run_dir)
+        run_dir = Path(cfg.run_dir)
+        if not holds_run(run_dir):
+            what = "does not exist" if not run_dir.exists() else "holds no training run"
+            raise ResumeError(f"cannot resume: --out {run_dir} {what}. Check the folder name; a new run needs "
+                              f"no --resume.")
+        found = list_step_dirs(run_dir)
         if not found:
-            logger.info(f"--resume: no checkpoint in {cfg.run_dir} yet; starting a new run")
+            logger.info(f"--resume: the run in {run_dir} has no complete checkpoint yet; starting it from step 0")
         return found[-1] if found else None
-    return resolve_checkpoint(cfg.resume)
+    return find_step_to_resume(cfg.resume)
 
 
 _SHAPE_IGNORED = {"tokenizer", "n_vocab", "num_classes", "dropout", "model_type"}
@@ -352,7 +363,7 @@ def restore(state: dict[str, Any], checkpoint: Path, optimizer, scaler, ema: EMA
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     for rate in ema.rates:
-        path = checkpoint / f"{rate_name(rate)}.safetensors"
+        path = checkpoint / ema_file_name(rate)
         if path.is_file():
             weights, _ = read_checkpoint(path)
             ema.load_state_dict(rate, weights)
