@@ -78,7 +78,7 @@ def train(config: TrainConfig) -> Path:
     """Train as ``config`` says and return the run folder (``config.out``)."""
     cfg = config
     env = distributed.setup(cfg.device)
-    log_file = metrics = None
+    log_file = metrics = data = None
     try:
         device = env.device
         micro_batch = check_launch(cfg, env)
@@ -239,6 +239,8 @@ def train(config: TrainConfig) -> Path:
             say(f"done: {cfg.steps} steps, {skipped} skipped; checkpoints in {run_dir / 'checkpoints'}")
         return run_dir
     finally:
+        if data is not None:  # first: data-loader workers must never outlive a failed run
+            data.close()
         if metrics is not None:
             metrics.close()
         if log_file is not None:
@@ -381,6 +383,8 @@ def check_data(references: list[dict[str, Any]], bare, stage, cfg: TrainConfig) 
     if stage.needs_labels and "label" not in references[0]:
         raise ConfigError(f"stage {cfg.stage!r} needs class labels, but --data {cfg.data} has none: use 'shapes', a "
                           f"folder with one subfolder per class, or a .csv/.jsonl table with a 'label' column")
+    if hasattr(bare, "tokenize"):
+        bare.tokenize([""])  # loads the tokenizer now: a missing vocabulary fails before any worker starts
 
 
 def readable_model_config(bare) -> dict[str, Any]:
