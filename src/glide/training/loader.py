@@ -104,6 +104,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
+            # a prime stride: (seed, epoch) pairs give distinct generator seeds up to a million epochs
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.length, generator=generator)
         return self._perm

@@ -49,6 +49,7 @@ from .distributed import Distributed, LaunchError
 from .ema import EMA, rate_name
 from .loader import DataStream, batch_positions, open_dataset, probe
 from .monitor import Meter, MetricsLog
+from .safe_step import safe_step
 from .stages import TEXT2IM_STAGES, make_stage, sample_seeds
 from .state import (
     STATE_FORMAT,
@@ -197,17 +198,20 @@ def train(config: TrainConfig) -> Path:
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or math.inf)
                 local_bad = not bool(torch.isfinite(grad_norm) & torch.isfinite(loss_sum))
                 nonfinite, stopping = env.any_flag(local_bad, stop.requested)
-                if nonfinite:  # never let a NaN/inf reach the weights, the optimizer state or the EMA
-                    skipped += 1
-                    if scaler.is_enabled():
-                        scaler.update()  # lowers the fp16 loss scale
-                    logger.warning(f"step {step + 1}: non-finite loss or gradient, step skipped ({skipped} so far)")
+                # never let a NaN/inf reach the weights, the optimizer state or the EMA
+                if nonfinite:
+                    skipped_why = "non-finite loss or gradient"
+                elif not safe_step(optimizer, scaler):  # the update overflowed and was rolled back
+                    skipped_why = "non-finite update"
                 else:
-                    scaler.step(optimizer)
-                    scaler.update()
+                    skipped_why = None
                     ema.update(bare, step=step)
                     interval["grad_norm"] += float(grad_norm)
                     interval["finite_steps"] += 1
+                scaler.update()  # after a skipped step: lowers the fp16 loss scale
+                if skipped_why is not None:
+                    skipped += 1
+                    logger.warning(f"step {step + 1}: {skipped_why}, step skipped ({skipped} so far)")
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 interval["steps"] += 1
@@ -367,7 +371,7 @@ def restore(state: dict[str, Any], checkpoint: Path, optimizer, scaler, ema: EMA
     else:  # another world size: dropout draws cannot match the old run, the rest still does
         logger.warning(f"the checkpoint was written by {len(rng)} process(es), this run has {env.world_size}: "
                        f"reseeding the global RNGs")
-        seed_everything(cfg.seed + 7919 * step + env.rank)
+        seed_everything(cfg.seed + 7919 * step + env.rank)  # prime stride: (step, rank) pairs differ
     return step, int(state.get("skipped_steps", 0))
 
 
