@@ -12,7 +12,6 @@ from glide.diffusion import (
     GaussianDiffusion,
     get_named_beta_schedule,
     normal_kl,
-    sample_timesteps,
     space_timesteps,
 )
 
@@ -328,14 +327,6 @@ def test_training_losses_with_model_fn():
     torch.testing.assert_close(losses["loss"], expected["loss"])
     eps_only = diffusion.training_losses(lambda x, _: torch.zeros_like(x), x_start, t, noise)
     assert torch.equal(eps_only["vb"], torch.zeros(2)) and torch.equal(eps_only["loss"], eps_only["mse"])
-
-
-def test_sample_timesteps_uniform_and_seeded():
-    t = sample_timesteps(20000, 10, torch.Generator().manual_seed(0))
-    assert t.dtype == torch.long and t.min() == 0 and t.max() == 9
-    counts = torch.bincount(t, minlength=10).double()
-    assert (counts - 2000).abs().max() < 200
-    assert torch.equal(t, sample_timesteps(20000, 10, torch.Generator().manual_seed(0)))
 
 
 def test_normal_kl_zero_for_equal_gaussians():

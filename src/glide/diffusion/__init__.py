@@ -5,7 +5,6 @@ from .gaussian import (
     discretized_gaussian_log_likelihood,
     mean_flat,
     normal_kl,
-    sample_timesteps,
 )
 from .schedule import SCHEDULES, get_named_beta_schedule, respace_betas, space_timesteps
 
@@ -17,6 +16,5 @@ __all__ = [
     "mean_flat",
     "normal_kl",
     "respace_betas",
-    "sample_timesteps",
     "space_timesteps",
 ]

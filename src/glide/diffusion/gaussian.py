@@ -50,13 +50,6 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
-def sample_timesteps(batch: int, num_timesteps: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-    """Uniform training timesteps: LongTensor ``[batch]`` in ``0..num_timesteps-1``."""
-    gen_device = generator.device if generator is not None else device
-    t = torch.randint(0, num_timesteps, (batch,), generator=generator, device=gen_device)
-    return t.to(device) if device is not None else t
-
-
 class GaussianDiffusion:
     """A discrete Gaussian diffusion with ``len(betas)`` steps.
 
