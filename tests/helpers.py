@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from glide.checkpoints import read_checkpoint
 from glide.compat import config_from_options
 from glide.models import Text2ImUNet
 from glide.models.clip import ClipConfig, NoisedClip
@@ -76,3 +77,17 @@ def tiny(out: Path, **overrides) -> TrainConfig:
     )
     options.update(overrides)
     return TrainConfig(**options)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)[0]
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differing = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differing, f"{len(differing)} of {len(a)} tensors differ, worst {max(differing.values()):.3g}"
+
+
+def metric_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

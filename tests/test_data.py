@@ -80,14 +80,12 @@ def test_transform_large_image_is_box_halved_then_cropped_centre():
     assert x[0].mean() > 0.9  # the centre crop is all red
 
 
-def test_random_flip_is_off_by_default():
+def test_datasets_never_flip():  # the trainer flips (--random-flip), with its own per-sample seeds
     image = Image.new("RGB", (R, R), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, R // 2, R))
-    x = ImageTransform(R)(image)
-    assert x[:, :, 0].mean() > 0.9 and x[:, :, -1].mean() < -0.9
-    flipped = ImageTransform(R, random_flip=True)
-    outs = {bool(flipped(image)[0, 0, 0] > 0) for _ in range(40)}
-    assert outs == {True, False}
+    for _ in range(20):
+        x = ImageTransform(R)(image)
+        assert x[:, :, 0].mean() > 0.9 and x[:, :, -1].mean() < -0.9
 
 
 def test_clean_caption_strips_collapses_and_drops_control_characters():

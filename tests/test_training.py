@@ -3,7 +3,6 @@ kill -9), bad input fails clearly, checkpoints load and sample."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,22 +25,7 @@ from glide.training.distributed import LaunchError
 from glide.training.stages import Text2ImStage, evaluate_loss, make_stage
 from glide.training.state import ResumeError, list_step_dirs
 
-from .helpers import tiny
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(path)[0]
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    differing = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
-    assert not differing, f"{len(differing)} of {len(a)} tensors differ, worst {max(differing.values()):.3g}"
-
-
-def metric_rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
+from .helpers import assert_same, metric_rows, tiny, weights
 
 # ------------------------------------------------------------------------------------------
 # Every stage lowers its loss on a fixed small batch

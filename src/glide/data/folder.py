@@ -38,10 +38,10 @@ class _Entry:
 class _CaptionedImages(Dataset):
     """Shared loading / skipping logic over a list of entries."""
 
-    def __init__(self, entries: list[_Entry], resolution: int, random_flip: bool, source: Path):
+    def __init__(self, entries: list[_Entry], resolution: int, source: Path):
         self.entries = entries
         self.source = source
-        self.transform = ImageTransform(resolution, random_flip=random_flip)
+        self.transform = ImageTransform(resolution)
         self.stats = DataStats()
         self._bad: set[int] = set()  # indices already found unusable in this process
 
@@ -110,7 +110,6 @@ class ImageFolderDataset(_CaptionedImages):
         self,
         root: str | os.PathLike,
         resolution: int,
-        random_flip: bool = False,
         class_labels: bool = False,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     ):
@@ -140,7 +139,7 @@ class ImageFolderDataset(_CaptionedImages):
                 missing += 1
             label = class_index[path.relative_to(root).parts[0]] if class_labels else None
             entries.append(_Entry(path, caption_file=caption_file, label=label))
-        super().__init__(entries, resolution, random_flip, root)
+        super().__init__(entries, resolution, root)
         self.stats.missing_captions = missing
 
 
@@ -156,7 +155,6 @@ class CaptionTableDataset(_CaptionedImages):
         path: str | os.PathLike,
         resolution: int,
         image_root: str | os.PathLike | None = None,
-        random_flip: bool = False,
     ):
         path = Path(path)
         if not path.is_file():
@@ -181,7 +179,7 @@ class CaptionTableDataset(_CaptionedImages):
             label = row.get("label")
             label = int(label) if label not in (None, "") else None
             entries.append(_Entry(base / Path(row["path"]), caption=caption, label=label))
-        super().__init__(entries, resolution, random_flip, path)
+        super().__init__(entries, resolution, path)
         self.stats.missing_captions = missing
 
 

@@ -94,23 +94,19 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
 class ImageTransform:
     """PIL image (any mode, any size) -> ``FloatTensor [3, resolution, resolution]`` in [-1, 1].
 
-    ``random_flip`` is off by default: captions may say "left" and "right".
+    No random flip here: the trainer flips (``--random-flip``) with its own per-sample seeds.
     """
 
-    def __init__(self, resolution: int, random_flip: bool = False):
+    def __init__(self, resolution: int):
         if resolution <= 0:
             raise ValueError(f"resolution must be positive, got {resolution}")
         self.resolution = resolution
-        self.random_flip = random_flip
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = image_to_tensor(resize_center_crop(to_rgb(image), self.resolution))
-        if self.random_flip and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        return x
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return image_to_tensor(resize_center_crop(to_rgb(image), self.resolution))
 
     def __repr__(self) -> str:
-        return f"ImageTransform(resolution={self.resolution}, random_flip={self.random_flip})"
+        return f"ImageTransform(resolution={self.resolution})"
 
 
 def _per_sample(value: Range, batch: int, generator: torch.Generator | None) -> torch.Tensor:

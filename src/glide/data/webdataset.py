@@ -77,7 +77,6 @@ class WebDatasetSource(IterableDataset):
         world_size: int | None = None,
         shard_shuffle: bool = True,
         repeat: bool = False,
-        random_flip: bool = False,
     ):
         super().__init__()
         self.urls = expand_urls(urls)
@@ -88,7 +87,7 @@ class WebDatasetSource(IterableDataset):
             raise ValueError(f"webdataset shards not found: {', '.join(missing[:3])}"
                              f"{' ...' if len(missing) > 3 else ''} ({len(missing)} of {len(self.urls)} "
                              f"from {urls!r}; expected .tar files of <key>.jpg/.png + <key>.txt)")
-        self.transform = ImageTransform(resolution, random_flip=random_flip)
+        self.transform = ImageTransform(resolution)
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank, self.world_size = rank, world_size

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from ..checkpoints import CheckpointError
+from ..download import DownloadError
 from .config import LR_SCHEDULES, PRECISIONS, STAGES, TRAINABLE, ConfigError, TrainConfig, field_types, load_yaml, merge
 from .distributed import LaunchError
 from .state import STATE_FILE, ResumeError
@@ -121,8 +122,10 @@ def train_command(config_file: str | None, **flags: Any) -> None:
     except TrainingInterrupted as exc:
         click.echo(f"Interrupted: {exc}. Continue with: glide train --resume --out {config.out}", err=True)
         sys.exit(130)
-    except (ConfigError, LaunchError, ResumeError, CheckpointError, FileExistsError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except (ValueError, OSError, LaunchError, ResumeError, CheckpointError, DownloadError) as exc:
+        # expected failures (ConfigError is a ValueError): one ``Error:`` line; the trainer has
+        # already stopped its data-loader workers. Anything else keeps its traceback.
+        raise click.ClickException(str(exc) or type(exc).__name__) from None
     click.echo(f"run folder: {run_dir}")
 
 

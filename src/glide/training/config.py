@@ -10,6 +10,7 @@ micro-steps), so a run means the same thing on 1 or 64 GPUs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..bounds import check_number
 from ..errors import ConfigError
 
 STAGES = ("base", "upsample", "inpaint", "upsample-inpaint", "clip", "classifier")
@@ -34,6 +36,23 @@ DEFAULT_MODEL = {
     "clip": "clip",
     "classifier": "classifier",
 }
+
+
+# Numeric options: name -> (integer, low, high, low_open, high_open); every value must be finite.
+_NUMBERS: dict[str, tuple[bool, float | None, float | None, bool, bool]] = {
+    **{name: (True, 1, None, False, False) for name in (
+        "steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps", "image_size",
+        "num_channels", "num_res_blocks", "text_ctx", "xf_heads", "low_res_size")},
+    **{name: (True, 0, None, False, False) for name in (
+        "num_workers", "warmup_steps", "save_every", "keep", "sample_every", "xf_width", "xf_layers")},
+    "seed": (True, 0, 2**32 - 1, False, False),  # the data order mixes it into a 64-bit generator seed
+    **{name: (False, 0, 1, False, False) for name in ("caption_dropout", "mask_full_prob")},
+    **{name: (False, 0, 1, False, True) for name in ("dropout", "adam_beta1", "adam_beta2")},
+    **{name: (False, 0, None, True, False) for name in ("lr", "adam_eps")},
+    **{name: (False, 0, None, False, False) for name in ("min_lr", "weight_decay", "grad_clip", "sample_guidance")},
+}
+_OPTIONAL = {"image_size", "num_channels", "num_res_blocks", "text_ctx", "xf_width", "xf_layers", "xf_heads",
+             "dropout", "low_res_size"}  # None: the model preset's value
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -144,19 +163,18 @@ class TrainConfig:
         one_of("precision", PRECISIONS)
         one_of("lr_schedule", LR_SCHEDULES)
         one_of("train", TRAINABLE)
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("num_workers", "warmup_steps", "save_every", "keep", "sample_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("caption_dropout", "mask_full_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("--lr must be > 0 and --min-lr, --weight-decay, --grad-clip >= 0")
-        if any(not 0.0 < r < 1.0 for r in self.ema):
-            raise ConfigError(f"EMA rates must lie in (0, 1), got {list(self.ema)}")
+        for name, (integer, low, high, low_open, high_open) in _NUMBERS.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            try:
+                setattr(self, name, check_number(f"--{_flag(name)}", value, integer=integer, low=low, high=high,
+                                                 low_open=low_open, high_open=high_open))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        for rate in self.ema:
+            if not 0.0 < rate < 1.0:
+                raise ConfigError(f"--ema rates must lie in (0, 1), got {','.join(f'{r:g}' for r in self.ema)}")
         if self.tokenizer is not None and not (
             self.tokenizer in ("glide-bpe", "clip-bpe") or self.tokenizer.startswith("train:")
             or self.tokenizer.endswith(".json")
@@ -274,11 +292,12 @@ def parse_range(value: Any, name: str) -> float | tuple[float, float] | None:
     if value is None or value == "":
         return None
     numbers = parse_floats(value, name)
-    if len(numbers) == 1 and numbers[0] >= 0:
+    finite = all(math.isfinite(n) for n in numbers)
+    if finite and len(numbers) == 1 and numbers[0] >= 0:
         return numbers[0]
-    if len(numbers) == 2 and 0 <= numbers[0] <= numbers[1]:
+    if finite and len(numbers) == 2 and 0 <= numbers[0] <= numbers[1]:
         return numbers
-    raise ConfigError(f"--{_flag(name)} must be 'S' or 'LO,HI' with 0 <= LO <= HI, got {value!r}")
+    raise ConfigError(f"--{_flag(name)} must be 'S' or 'LO,HI' of finite numbers with 0 <= LO <= HI, got {value!r}")
 
 
 _PAIR_SPLIT = re.compile(r"[,;\s]+(?=[A-Za-z_]\w*\s*=)")

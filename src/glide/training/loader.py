@@ -104,6 +104,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
+            # a prime stride: (seed, epoch) pairs give distinct generator seeds up to a million epochs
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.length, generator=generator)
         return self._perm
@@ -187,16 +188,34 @@ class DataStream:
                       generator=torch.Generator().manual_seed(config.seed))  # never the global RNG
         if self.iterable:
             loader = DataLoader(_IterWithStats(dataset), batch_size=micro_batch, drop_last=True, **common)
-            self._iterator = iter(loader)
-            skip = start_step * config.grad_accum
-            for _ in range(skip):  # deterministic stream: replay up to the saved position
-                next(self._iterator)
         else:
             sampler = GlobalBatchSampler(len(dataset), config.batch_size, micro_batch, config.grad_accum, rank,
                                          world_size, config.seed, start_step)
-            self._iterator = iter(DataLoader(_MapWithStats(dataset), batch_sampler=sampler, **common))
+            loader = DataLoader(_MapWithStats(dataset), batch_sampler=sampler, **common)
+        self._iterator: Iterator[dict[str, Any]] | None = iter(loader)
+        if self.iterable:
+            try:
+                for _ in range(start_step * config.grad_accum):  # deterministic stream: replay to the saved position
+                    next(self)
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Stop the worker processes now (idempotent).
+
+        Workers ignore SIGTERM (see ``_quiet_worker``), so a loader left to the garbage collector
+        keeps them alive while a traceback holds it, and the interpreter's exit then waits on them
+        for ever. The trainer therefore closes its stream in a ``finally``.
+        """
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # the multi-process iterator's own teardown
+        if shutdown is not None:
+            shutdown()
 
     def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            raise RuntimeError("the data stream is closed")
         try:
             batch = next(self._iterator)
         except StopIteration:

@@ -53,6 +53,7 @@ def sample_seeds(seed: int, step: int, positions: list[int] | range) -> list[int
     seeds = []
     for position in positions:
         words = np.random.SeedSequence([seed, step, position]).generate_state(2, dtype=np.uint32)
+        # two 32-bit words -> one 63-bit seed: non-negative and within the int64 that manual_seed takes
         seeds.append((int(words[0]) << 31) ^ int(words[1]))
     return seeds
 

@@ -49,6 +49,7 @@ from .distributed import Distributed, LaunchError
 from .ema import EMA
 from .loader import DataStream, batch_positions, open_dataset, probe
 from .monitor import Meter, MetricsLog
+from .safe_step import safe_step
 from .stages import TEXT2IM_STAGES, make_stage, sample_seeds
 from .state import (
     STATE_FORMAT,
@@ -80,7 +81,7 @@ def train(config: TrainConfig) -> Path:
     """Train as ``config`` says and return the run folder (``config.out``)."""
     cfg = config
     env = distributed.setup(cfg.device)
-    log_file = metrics = None
+    log_file = metrics = data = None
     try:
         device = env.device
         micro_batch = check_launch(cfg, env)
@@ -199,17 +200,20 @@ def train(config: TrainConfig) -> Path:
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or math.inf)
                 local_bad = not bool(torch.isfinite(grad_norm) & torch.isfinite(loss_sum))
                 nonfinite, stopping = env.any_flag(local_bad, stop.requested)
-                if nonfinite:  # never let a NaN/inf reach the weights, the optimizer state or the EMA
-                    skipped += 1
-                    if scaler.is_enabled():
-                        scaler.update()  # lowers the fp16 loss scale
-                    logger.warning(f"step {step + 1}: non-finite loss or gradient, step skipped ({skipped} so far)")
+                # never let a NaN/inf reach the weights, the optimizer state or the EMA
+                if nonfinite:
+                    skipped_why = "non-finite loss or gradient"
+                elif not safe_step(optimizer, scaler):  # the update overflowed and was rolled back
+                    skipped_why = "non-finite update"
                 else:
-                    scaler.step(optimizer)
-                    scaler.update()
+                    skipped_why = None
                     ema.update(bare, step=step)
                     interval["grad_norm"] += float(grad_norm)
                     interval["finite_steps"] += 1
+                scaler.update()  # after a skipped step: lowers the fp16 loss scale
+                if skipped_why is not None:
+                    skipped += 1
+                    logger.warning(f"step {step + 1}: {skipped_why}, step skipped ({skipped} so far)")
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 interval["steps"] += 1
@@ -241,6 +245,8 @@ def train(config: TrainConfig) -> Path:
             say(f"done: {cfg.steps} steps, {skipped} skipped; checkpoints in {run_dir / 'checkpoints'}")
         return run_dir
     finally:
+        if data is not None:  # first: data-loader workers must never outlive a failed run
+            data.close()
         if metrics is not None:
             metrics.close()
         if log_file is not None:
@@ -376,7 +382,7 @@ def restore(state: dict[str, Any], checkpoint: Path, optimizer, scaler, ema: EMA
     else:  # another world size: dropout draws cannot match the old run, the rest still does
         logger.warning(f"the checkpoint was written by {len(rng)} process(es), this run has {env.world_size}: "
                        f"reseeding the global RNGs")
-        seed_everything(cfg.seed + 7919 * step + env.rank)
+        seed_everything(cfg.seed + 7919 * step + env.rank)  # prime stride: (step, rank) pairs differ
     return step, int(state.get("skipped_steps", 0))
 
 
@@ -392,6 +398,8 @@ def check_data(references: list[dict[str, Any]], bare, stage, cfg: TrainConfig) 
     if stage.needs_labels and "label" not in references[0]:
         raise ConfigError(f"stage {cfg.stage!r} needs class labels, but --data {cfg.data} has none: use 'shapes', a "
                           f"folder with one subfolder per class, or a .csv/.jsonl table with a 'label' column")
+    if hasattr(bare, "tokenize"):
+        bare.tokenize([""])  # loads the tokenizer now: a missing vocabulary fails before any worker starts
 
 
 def readable_model_config(bare) -> dict[str, Any]:
