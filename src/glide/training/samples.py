@@ -29,6 +29,8 @@ class SampleGrid:
 
     def __init__(self, config: TrainConfig, stage: Text2ImStage, references: list[dict[str, Any]]):
         self.config, self.stage = config, stage
+        # Built now, so a bad sampler name or guidance scale fails before training starts.
+        self.options = StageOptions(config.sample_sampler, config.sample_steps, config.sample_guidance)
         n = config.num_samples
         prompts = list(config.sample_prompts) or [r.get("caption", "") for r in references]
         self.prompts = [prompts[i % len(prompts)] for i in range(n)]
@@ -78,8 +80,7 @@ class SampleGrid:
             kwargs.update(inpaint_image=images, inpaint_mask=inpaint_mask)
             rows.append(images * inpaint_mask)  # unknown pixels shown as grey (0)
             denoised_fn = paste_known(images, inpaint_mask)
-        options = StageOptions(config.sample_sampler, config.sample_steps, config.sample_guidance)
-        samples = run_stage(model, self.prompts, options, torch.Generator().manual_seed(config.seed),
+        samples = run_stage(model, self.prompts, self.options, torch.Generator().manual_seed(config.seed),
                             tokens=(tokens, mask), denoised_fn=denoised_fn, autocast=autocast, check_finite=False,
                             progress=False, **kwargs)
         rows.append(samples)
