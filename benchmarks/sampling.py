@@ -366,7 +366,8 @@ def quality(args) -> dict:
             result[f"{name}: Frechet distance to a DDPM-1000 sample set"] = {
                 "DDPM-1000, other seeds (noise floor)": frechet(a, feats(big("ddpm", "1000", 3))),
                 "DDPM-100 (notebook)": frechet(a, feats(big("ddpm", "100", 4))),
-                f"dpm++2m-{DEFAULT_BASE.steps} (ours)": frechet(a, feats(big("dpm++2m", str(DEFAULT_BASE.steps), 5))),
+                f"dpm++2m-{DEFAULT_BASE.timesteps} (ours)":
+                    frechet(a, feats(big("dpm++2m", DEFAULT_BASE.respacing, 5))),
             }
     return result
 

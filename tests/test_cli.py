@@ -19,7 +19,8 @@ from PIL import Image
 
 from glide import cli as cli_module
 from glide.checkpoints import OFFICIAL_CHECKPOINTS
-from glide.cli import cli, save_png, slugify
+from glide.cli import cli, slugify
+from glide.images import save_png
 from glide.models import preset_config
 
 TINY = ["--model", "random:tiny-base", "--upsampler", "random:tiny-upsample"]

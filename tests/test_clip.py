@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from glide.guidance import clip_cond_fn, clip_cond_fn_from_tokens
 from glide.models.clip import (
     ClipConfig,
     ClipImageEncoder,
@@ -85,8 +86,8 @@ def _assert_grad_close(grad: torch.Tensor, expected: torch.Tensor) -> None:
 def test_cond_fn_from_tokens_matches_reference_gradient(reference_clip, clip_forward):
     spec = load_json("manifest.json")["files"]["clip_forward.pt"]
     n = len(spec["cond_fn_prompts"])
-    cond_fn = reference_clip.cond_fn_from_tokens(
-        clip_forward["clip_tokens"][:n], clip_forward["clip_lens"][:n], spec["grad_scale"]
+    cond_fn = clip_cond_fn_from_tokens(
+        reference_clip, clip_forward["clip_tokens"][:n], clip_forward["clip_lens"][:n], spec["grad_scale"]
     )
     x_t = clip_forward["x_t"]
     grad = cond_fn(x_t, clip_forward["t"])
@@ -99,7 +100,7 @@ def test_cond_fn_from_prompts_matches_reference_gradient(reference_clip, clip_fo
     tokens, lens = reference_clip.tokenize(spec["prompts"])
     assert torch.equal(tokens, clip_forward["clip_tokens"])
     assert torch.equal(lens, clip_forward["clip_lens"])
-    cond_fn = reference_clip.cond_fn(spec["cond_fn_prompts"], spec["grad_scale"])
+    cond_fn = clip_cond_fn(reference_clip, spec["cond_fn_prompts"], spec["grad_scale"])
     _assert_grad_close(cond_fn(clip_forward["x_t"], clip_forward["t"]), clip_forward["cond_fn_grad"])
 
 
@@ -179,7 +180,7 @@ def test_cond_fn_gradient_equals_autograd_of_logit():
     tokens, lens = torch.randint(0, 64, (1, 12)), torch.tensor([7])
     x = torch.rand(3, 3, 16, 16) * 2 - 1
     t = torch.tensor([0, 4, 9])
-    grad = model.cond_fn_from_tokens(tokens, lens, grad_scale=2.0)(x, t)
+    grad = clip_cond_fn_from_tokens(model, tokens, lens, grad_scale=2.0)(x, t)
     x_req = x.clone().requires_grad_(True)
     logits = model(x_req, t, tokens, lens)  # [3, 1]
     (expected,) = torch.autograd.grad(logits.sum(), x_req)
@@ -218,7 +219,7 @@ def test_bad_timesteps_and_text_inputs_raise():
         model.embed_text(torch.zeros(1, 13, dtype=torch.long), torch.tensor([2]))
     with pytest.raises(ValueError, match="lens"):
         model.embed_text(torch.zeros(1, 12, dtype=torch.long), torch.tensor([0]))
-    cond_fn = model.cond_fn_from_tokens(torch.zeros(2, 12, dtype=torch.long), torch.tensor([2, 2]), 1.0)
+    cond_fn = clip_cond_fn_from_tokens(model, torch.zeros(2, 12, dtype=torch.long), torch.tensor([2, 2]), 1.0)
     with pytest.raises(ValueError, match="2 texts for 3 images"):
         cond_fn(torch.zeros(3, 3, 16, 16), torch.zeros(3, dtype=torch.long))
 

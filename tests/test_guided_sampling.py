@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from glide.diffusion import GaussianDiffusion
-from glide.guidance import classifier_cond_fn, clip_cond_fn, combine_cond_fns, text2im_denoiser
+from glide.guidance import (
+    classifier_cond_fn,
+    clip_cond_fn,
+    clip_cond_fn_from_tokens,
+    combine_cond_fns,
+    text2im_denoiser,
+)
 from glide.sampling import SAMPLERS, sample
 
 from .helpers import load_fixture, load_fixture_clip, load_fixture_model, load_json
@@ -110,7 +116,7 @@ def test_text_features_computed_once_per_run(base_model, monkeypatch):
 
 def test_negative_guidance_scale_is_rejected(base_model):
     tokens, mask = torch.zeros(1, 16, dtype=torch.long), torch.ones(1, 16, dtype=torch.bool)
-    with pytest.raises(ValueError, match="guidance scale must be >= 0"):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
         text2im_denoiser(base_model, tokens, mask, -1.0)
 
 
@@ -131,8 +137,8 @@ def test_every_sampler_with_cfg_clip_and_classifier_guidance_and_inpainting(samp
     denoiser = text2im_denoiser(model, tokens, tmask, 3.0, inpaint_image=image, inpaint_mask=mask)
     classifier = NoisyClassifier(ClassifierConfig(num_classes=3, num_channels=32, num_res_blocks=1,
                                                   channel_mult=(1, 2), attention_resolutions=())).eval()
-    cond_fn = combine_cond_fns(load_fixture_clip().cond_fn_from_tokens(
-        *_clip_tokens(), grad_scale=1.0), classifier_cond_fn(classifier, torch.tensor([1]), 1.0))
+    cond_fn = combine_cond_fns(clip_cond_fn_from_tokens(load_fixture_clip(), *_clip_tokens(), grad_scale=1.0),
+                               classifier_cond_fn(classifier, torch.tensor([1]), 1.0))
     diffusion = GaussianDiffusion.from_schedule("squaredcos_cap_v2", respacing="6")
     out = sample(sampler, denoiser, diffusion, (1, 3, 64, 64), generator=torch.Generator().manual_seed(1),
                  cond_fn=cond_fn, denoised_fn=lambda x0: x0 * (1 - mask) + image * mask)

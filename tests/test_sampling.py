@@ -10,9 +10,9 @@ import torch
 from glide.diffusion import GaussianDiffusion
 from glide.sampling import (
     SAMPLERS,
+    check_sampler,
     ddim_step,
     ddpm_step,
-    default_respacing,
     dpm_solver_step,
     plms_step,
     sample,
@@ -324,14 +324,13 @@ def test_multistep_history_belongs_to_one_run(name):
     assert drawn == []
 
 
-def test_registry_and_default_respacing():
+def test_registry_and_sampler_name_check():
     assert set(SAMPLERS) == {"ddpm", "ddim", "plms", "dpm++2m"}
     with pytest.raises(ValueError, match="ddpm, ddim, plms, dpm\\+\\+2m"):
         sample("euler", gaussian_denoiser("linear"), GaussianDiffusion.from_schedule("linear", 1000, "4"), (1, 1))
-    with pytest.raises(ValueError, match="valid names"):
-        default_respacing("euler", 10)
-    assert default_respacing("ddim", 50) == "50"
-    assert default_respacing("dpm++2m", 20) == "20"
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; valid names"):
+        check_sampler("euler")
+    assert [check_sampler(name) for name in SAMPLERS] == list(SAMPLERS)
     with pytest.raises(ValueError):
         sample_plms(gaussian_denoiser("linear"), GaussianDiffusion.from_schedule("linear", 1000, "4"), (1, 1), order=5)
     with pytest.raises(ValueError):

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from glide.training import ConfigError, TrainConfig, train
 from glide.training.cli import train_command
 from glide.training.safe_step import safe_step, update_is_bounded
-from glide.training.state import list_checkpoints
+from glide.training.state import list_step_dirs
 
 from .helpers import assert_same, metric_rows, tiny, weights
 
@@ -238,7 +238,7 @@ def test_training_rolls_back_an_overflowing_update_and_continues(tmp_path, monke
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_overflow)
     run = train(tiny(tmp_path / "run", steps=3, save_every=1, keep=0))
     assert [r["skipped_steps"] for r in metric_rows(run)] == [0, 1, 1]
-    steps = list_checkpoints(run)
+    steps = list_step_dirs(run)
     assert [p.name for p in steps] == ["step-00000001", "step-00000002", "step-00000003"]
     for name in ("model.safetensors", "ema-0.9.safetensors"):  # step 2 changed nothing, not even the EMA
         assert_same(weights(steps[0] / name), weights(steps[1] / name))

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
 import re
 import secrets
 import sys
@@ -175,31 +173,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 # Device, dtype, models
 # --------------------------------------------------------------------------------------------
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise click.BadParameter(f"{device!r} is not a device (try auto, cpu, cuda, cuda:1)",
-                                 param_hint="--device") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine (use --device cpu)", param_hint="--device")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise click.BadParameter("MPS is not available on this machine (use --device cpu)", param_hint="--device")
-    return resolved
-
-
-def _resolve_dtype(dtype: str, device):
-    import torch
-
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-
-
 @dataclass
 class LoadedModels:
     base: Any
@@ -254,17 +227,14 @@ def load_models(plan, command: str, *, device, dtype, cache_dir: str | None, pro
 # --------------------------------------------------------------------------------------------
 # Sampling options shared by sample / inpaint / edit
 # --------------------------------------------------------------------------------------------
-def _sampler_names() -> list[str]:
-    from .sampling import SAMPLERS
-
-    return list(SAMPLERS)
-
-
 def _check_sampler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Validated at parse time but without importing torch for ``--help``."""
-    if value is not None and value not in _sampler_names():
-        raise click.BadParameter(f"unknown sampler {value!r}; valid names: {', '.join(_sampler_names())}")
-    return value
+    from .sampling import check_sampler
+
+    try:
+        return None if value is None else check_sampler(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _check_output(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
@@ -320,22 +290,18 @@ def _sampling_options(fn: Callable) -> Callable:
 def stage_options(recipe: str, sampler: str | None, steps: int | None, upsample_sampler: str | None,
                   upsample_steps: int | None, guidance_scale: float | None):
     """The two stages' StageOptions: the recipe, with the command-line overrides applied."""
-    from .pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, StageOptions
+    from dataclasses import replace
 
-    base_recipe, up_recipe = (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE) if recipe == "notebook" else (DEFAULT_BASE,
-                                                                                              DEFAULT_UPSAMPLE)
-    base, up = StageOptions(**vars(base_recipe)), StageOptions(**vars(up_recipe))
-    for options, name, count in ((base, sampler, steps), (up, upsample_sampler, upsample_steps)):
-        options.sampler_options = dict(options.sampler_options)
-        if name is not None:
-            options.sampler = name
-        if count is not None:
-            options.steps, options.respacing = count, None
-    if guidance_scale is not None:
-        base.guidance_scale = guidance_scale
-    base.validate()
-    up.validate()
-    return base, up
+    from .pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE
+
+    recipes = (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE) if recipe == "notebook" else (DEFAULT_BASE, DEFAULT_UPSAMPLE)
+    overrides = ({"sampler": sampler, "timesteps": steps, "guidance_scale": guidance_scale},
+                 {"sampler": upsample_sampler, "timesteps": upsample_steps})
+    stages = []
+    for options, changes in zip(recipes, overrides, strict=True):
+        changes = {k: v for k, v in changes.items() if v is not None}
+        stages.append(replace(options, **changes) if changes else options)  # validated by StageOptions
+    return tuple(stages)
 
 
 TINY_MODEL_PARAMS = 20_000_000
@@ -356,7 +322,7 @@ def _set_threads(threads: int | None, models: LoadedModels, device) -> None:
 
 
 def _stage_text(options, guidance: str = "cfg") -> str:
-    steps = options.respacing or f"{options.steps} steps"
+    steps = f"{options.timesteps} steps" if isinstance(options.timesteps, int) else options.timesteps
     if guidance == "none":
         return f"{options.sampler} {steps}, no guidance"
     return f"{options.sampler} {steps}, {guidance} guidance scale {options.guidance_scale:g}"
@@ -372,26 +338,11 @@ def slugify(text: str, max_length: int = 60) -> str:
     return slug[:max_length].rstrip("-") or "image"
 
 
-def save_png(image, path: Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write a PNG atomically: a temporary file in the same folder, then ``os.replace``, so an
-    interrupted run never leaves a half-written image under the final name."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    for key, value in (metadata or {}).items():
-        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_outputs(output, folder: Path, seed: int, batch: int, metadata: dict[str, Any]) -> list[Path]:
     """One PNG per image (``<slug>-<seed>-<k>.png``, k counting the images) plus ``grid.png``;
     prints each path to stdout."""
+    from .images import save_png
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -436,8 +387,10 @@ def _prepare(command: str, options: dict[str, Any], clip: str | None = None, gui
     started = time.perf_counter()
     base, up = stage_options(options["recipe"], options["sampler"], options["steps"], options["upsample_sampler"],
                              options["upsample_steps"], options["guidance_scale"])
-    device = _resolve_device(options["device"])
-    dtype = _resolve_dtype(options["dtype"], device)
+    from .devices import resolve_device, resolve_dtype
+
+    device = resolve_device(options["device"])
+    dtype = resolve_dtype(options["dtype"], device)
     plan = plan_models(command, options["model"], options["upsampler"], clip, options["cache_dir"])
     _log(f"device: {device}, dtype: {str(dtype).removeprefix('torch.')}")
     models = load_models(plan, command, device=device, dtype=dtype, cache_dir=options["cache_dir"],
@@ -494,7 +447,15 @@ def sample(prompts: tuple[str, ...], guidance: str, clip: str | None, rerank: in
     run = _prepare("sample", options, clip=(clip or OPENAI) if needs_clip else None, guidance=guidance)
     run.metadata.update(guidance=guidance, rerank=rerank)
     pipe = Text2ImagePipeline(run.models.base, run.models.upsampler, run.models.clip)
-    out = pipe(list(prompts), num_images_per_prompt=options["batch"], guidance=guidance, base=run.base,
+    base, cond_fns = run.base, ()
+    if guidance != "cfg":  # clip: CFG off, the scale goes to the CLIP gradient; none: CFG off
+        from dataclasses import replace
+
+        from .guidance import ClipGuidance
+
+        cond_fns = (ClipGuidance(run.models.clip, base.guidance_scale),) if guidance == "clip" else ()
+        base = replace(base, guidance_scale=1.0)
+    out = pipe(list(prompts), num_images_per_prompt=options["batch"], cond_fns=cond_fns, base=base,
                upsample=run.upsample, upsample_temp=options["upsample_temp"], rerank=rerank, seed=run.seed,
                progress=options["progress"])
     _finish(run.models, write_outputs(out, options["output"], run.seed, options["batch"], run.metadata), run.started)
@@ -506,7 +467,7 @@ def _load_image_param(ctx: click.Context, param: click.Parameter, value: str | N
         return None
     from PIL import Image
 
-    from .data.transforms import load_image
+    from .images import load_image
 
     try:
         if param.name == "mask":
@@ -555,7 +516,7 @@ def inpaint(prompt: str, image, mask, **options) -> None:
     _check_square(image, "the image")
     run = _prepare("inpaint", options)
     pipe = InpaintPipeline(run.models.base, run.models.upsampler)
-    out = pipe(prompt, image, mask, num_images=options["batch"], base=run.base, upsample=run.upsample,
+    out = pipe(prompt, image, mask, num_images_per_prompt=options["batch"], base=run.base, upsample=run.upsample,
                upsample_temp=options["upsample_temp"], seed=run.seed, progress=options["progress"])
     _finish(run.models, write_outputs(out, options["output"], run.seed, options["batch"], run.metadata), run.started)
 
@@ -583,8 +544,9 @@ def edit(prompt: str, image, strength: float, **options) -> None:
     run = _prepare("edit", options)
     run.metadata.update(strength=strength)
     pipe = ImageToImagePipeline(run.models.base, run.models.upsampler)
-    out = pipe(prompt, image, strength=strength, num_images=options["batch"], base=run.base, upsample=run.upsample,
-               upsample_temp=options["upsample_temp"], seed=run.seed, progress=options["progress"])
+    out = pipe(prompt, image, strength=strength, num_images_per_prompt=options["batch"], base=run.base,
+               upsample=run.upsample, upsample_temp=options["upsample_temp"], seed=run.seed,
+               progress=options["progress"])
     _finish(run.models, write_outputs(out, options["output"], run.seed, options["batch"], run.metadata), run.started)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .checkpoints import download_official, official_checkpoint, official_path, read_checkpoint
 from .diffusion import GaussianDiffusion
+from .guidance import clip_cond_fn_from_tokens
 from .models.clip import ClipConfig, NoisedClip, official_clip_config
 from .models.text2im import Text2ImConfig, Text2ImUNet
 from .sampling import ddim_step, ddpm_step, sample_ddim, sample_ddpm
@@ -387,8 +388,8 @@ class ClipModel:
 
     def cond_fn(self, prompts: list[str], grad_scale: float) -> Callable[..., Tensor]:
         """``cond_fn(x, t, grad_scale=grad_scale, **model_kwargs) -> grad``, the official signature,
-        from :meth:`NoisedClip.cond_fn_from_tokens` (extra keyword arguments are ignored)."""
-        unit = self.clip.cond_fn_from_tokens(*self.encode_prompts(prompts), 1.0)
+        from :func:`glide.guidance.clip_cond_fn_from_tokens` (extra keyword arguments are ignored)."""
+        unit = clip_cond_fn_from_tokens(self.clip, *self.encode_prompts(prompts), 1.0)
 
         def cond_fn(x: Tensor, t: Tensor, grad_scale: float = grad_scale, **kwargs: Any) -> Tensor:
             return unit(x, t) * grad_scale

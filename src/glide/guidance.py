@@ -6,12 +6,17 @@
   its own variance channels (the conditional half's are returned).
 * :func:`clip_cond_fn` is CLIP guidance with the noised CLIP (gradient of the image-text dot
   product, the official ``cond_fn``); :func:`classifier_cond_fn` guides with a noisy classifier.
-  Pass either as ``cond_fn=`` to any sampler.
+  Pass either as ``cond_fn=`` to any sampler; :func:`combine_cond_fns` sums several.
+* :class:`ClipGuidance` and :class:`ClassifierGuidance` are the same gradients for a pipeline's
+  ``cond_fns=(...)``: the pipeline binds them to its prompts (:func:`bind_cond_fns`), and they
+  stack with classifier-free guidance (``guidance_scale``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,11 +26,26 @@ from .sampling._common import CondFn, Denoiser
 Tensor = torch.Tensor
 
 
-def check_guidance_scale(guidance_scale: float) -> float:
-    guidance_scale = float(guidance_scale)
-    if not guidance_scale >= 0:  # also rejects NaN
-        raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {guidance_scale}")
-    return guidance_scale
+def check_number(value: float, name: str, *, low: float = 0.0, high: float = math.inf,
+                 low_open: bool = False) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` when it is not a finite number in
+    ``[low, high]`` (``(low, high]`` with ``low_open``). The one rule for every numeric option."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    above_low = number > low if low_open else number >= low
+    if not (math.isfinite(number) and above_low and number <= high):  # NaN fails every comparison
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else (
+            f"> {low:g}" if low_open else f">= {low:g}")
+        raise ValueError(f"{name} must be a finite number {'in ' if math.isfinite(high) else ''}{interval}, "
+                         f"got {value!r}")
+    return number
+
+
+def check_guidance_scale(guidance_scale: float, name: str = "guidance_scale") -> float:
+    """A classifier-free guidance scale: finite and >= 0 (1 = the conditional model alone)."""
+    return check_number(guidance_scale, name)
 
 
 def empty_prompt_tokens(model: nn.Module, batch: int, device=None) -> tuple[Tensor, Tensor]:
@@ -78,26 +98,56 @@ def text2im_denoiser(
     return denoise
 
 
-def clip_cond_fn(clip_model: nn.Module, prompts: Sequence[str], grad_scale: float) -> CondFn:
-    """CLIP guidance: ``grad_scale * d/dx [exp(logit_scale) * <z_text, z_image(x_t, t)>]``.
+def clip_cond_fn(clip_model: nn.Module, prompts: Sequence[str], grad_scale: float) -> CondFn | None:
+    """CLIP guidance for ``prompts`` (one per image, or one for all): see :func:`clip_cond_fn_from_tokens`.
+    The prompts are tokenised and embedded once, here."""
+    tokens, lens = clip_model.tokenize(list(prompts))
+    return clip_cond_fn_from_tokens(clip_model, tokens, lens, grad_scale)
 
-    The noised CLIP sees 64 px images, so use it with the base (64 px) stage.
+
+def clip_cond_fn_from_tokens(clip_model: nn.Module, tokens: Tensor, lens: Tensor, grad_scale: float) -> CondFn | None:
+    """The official CLIP ``cond_fn``: ``grad_scale * d/dx [exp(logit_scale) * <z_text, z_image(x_t, t)>]``.
+
+    ``clip_model``: a NoisedClip; ``tokens``/``lens`` from its tokenizer (B texts, or one for all).
+    The returned ``cond_fn(x [B, 3, S, S] in [-1, 1], t [B]) -> grad`` needs S = the CLIP's image
+    size (the official code does not resize), so use it with the 64 px base stage.
+    Scale 0 returns None: no guidance, exactly as if no cond_fn were given.
     """
-    return clip_model.cond_fn(list(prompts), check_guidance_scale(grad_scale))
+    from .models.clip import check_pairing
+
+    grad_scale = check_number(grad_scale, "CLIP guidance scale")
+    if grad_scale == 0:
+        return None
+    with torch.no_grad():
+        z_text = clip_model.embed_text(tokens, lens)
+
+    def cond_fn(x: Tensor, t: Tensor) -> Tensor:
+        check_pairing(z_text.shape[0], x.shape[0])
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            z_image = clip_model.embed_image(x_in, t)
+            loss = clip_model.logit_scale.exp() * (z_text * z_image).sum()
+            (grad,) = torch.autograd.grad(loss, x_in)
+        return grad.detach() * grad_scale
+
+    return cond_fn
 
 
-def classifier_cond_fn(classifier: Callable[[Tensor, Tensor], Tensor], labels: Tensor, scale: float) -> CondFn:
+def classifier_cond_fn(classifier: Callable[[Tensor, Tensor], Tensor], labels: Tensor, scale: float) -> CondFn | None:
     """Classifier guidance: ``scale * d/dx log p(y | x_t, t)`` for a noisy classifier.
 
-    classifier(x_t, t) -> logits [N, classes]; labels: LongTensor [N].
+    classifier(x_t, t) -> logits [N, classes]; labels: LongTensor [N] (or [1] for all).
+    Scale 0 returns None: no guidance, exactly as if no cond_fn were given.
     """
-    scale = check_guidance_scale(scale)
+    scale = check_number(scale, "classifier guidance scale")
+    if scale == 0:
+        return None
 
     def cond_fn(x: Tensor, t: Tensor) -> Tensor:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             log_probs = torch.log_softmax(classifier(x_in, t).float(), dim=-1)
-            selected = log_probs[torch.arange(len(x_in), device=x.device), labels.to(x.device)]
+            selected = log_probs[torch.arange(len(x_in), device=x.device), labels.to(x.device).expand(len(x_in))]
             return torch.autograd.grad(selected.sum(), x_in)[0] * scale
 
     return cond_fn
@@ -111,3 +161,65 @@ def combine_cond_fns(*cond_fns: CondFn | None) -> CondFn | None:
     if len(active) == 1:
         return active[0]
     return lambda x, t: sum(fn(x, t) for fn in active)
+
+
+# --------------------------------------------------------------------------------------------
+# Guidance a pipeline binds to its prompts
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipGuidance:
+    """CLIP guidance for a pipeline's ``cond_fns``: the pipeline binds it to each image's prompt.
+
+    ``clip``: a NoisedClip (64 px: guides the base stage); ``scale`` >= 0 (0 = off).
+    """
+
+    clip: nn.Module
+    scale: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", check_number(self.scale, "CLIP guidance scale"))
+
+    def bind(self, prompts: Sequence[str]) -> CondFn | None:
+        return clip_cond_fn(self.clip, prompts, self.scale)
+
+
+@dataclass(frozen=True)
+class ClassifierGuidance:
+    """Noisy-classifier guidance towards class ``label`` for a pipeline's ``cond_fns``.
+
+    ``classifier(x_t, t) -> logits``; ``scale`` >= 0 (0 = off).
+    """
+
+    classifier: Callable[[Tensor, Tensor], Tensor]
+    label: int
+    scale: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", check_number(self.scale, "classifier guidance scale"))
+        classes = getattr(getattr(self.classifier, "config", None), "num_classes", None)
+        if isinstance(self.label, bool) or not isinstance(self.label, int) or self.label < 0 or (
+                classes is not None and self.label >= classes):
+            valid = f"0..{classes - 1}" if classes is not None else "an int >= 0"
+            raise ValueError(f"class label must be {valid}, got {self.label!r}")
+
+    def bind(self, prompts: Sequence[str]) -> CondFn | None:
+        return classifier_cond_fn(self.classifier, torch.tensor([self.label]), self.scale)
+
+
+def bind_cond_fns(cond_fns: Sequence, prompts: Sequence[str]) -> CondFn | None:
+    """One summed ``cond_fn`` for a sampling run over ``prompts`` (one per image).
+
+    Entries are :class:`ClipGuidance` / :class:`ClassifierGuidance` (anything with ``bind(prompts)``),
+    plain ``cond_fn(x, t) -> grad`` callables, or None (skipped).
+    """
+    if callable(cond_fns) or isinstance(cond_fns, str) or not isinstance(cond_fns, Sequence):
+        raise ValueError("cond_fns must be a tuple or list of guidances (e.g. (ClipGuidance(clip, 2.0),))")
+    bound = []
+    for fn in cond_fns:
+        if hasattr(fn, "bind"):
+            bound.append(fn.bind(prompts))
+        elif fn is None or callable(fn):
+            bound.append(fn)
+        else:
+            raise ValueError(f"cond_fns entries must be guidances or cond_fn(x, t) callables, got {type(fn).__name__}")
+    return combine_cond_fns(*bound)

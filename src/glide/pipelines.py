@@ -10,51 +10,80 @@ pick a respaced diffusion for the sampler, sample, hand the 64 px result to the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data.transforms import image_to_tensor, resize_center_crop, tensor_to_image, to_rgb
-from .diffusion import GaussianDiffusion
-from .guidance import check_guidance_scale, clip_cond_fn, text2im_denoiser
-from .sampling import SAMPLERS, default_respacing, sample
+from .diffusion import GaussianDiffusion, space_timesteps
+from .guidance import bind_cond_fns, check_guidance_scale, check_number, text2im_denoiser
+from .images import image_grid, load_mask, load_rgb, tensor_to_image
+from .sampling import check_sampler, sample
 
-GUIDANCE_TYPES = ("cfg", "clip", "none")
+# The length of GLIDE's training process: respacing strings are checked against it up front
+# (a model with another length is checked again when its stage builds the diffusion).
+_CHECK_STEPS = 1000
 
 
-@dataclass
+class SamplingError(ValueError):
+    """A sampling run produced non-finite values (corrupt weights or a precision overflow)."""
+
+
+@dataclass(frozen=True)
 class StageOptions:
-    """How one stage samples: ``sampler`` name, number of ``steps`` (or an explicit
-    ``respacing`` string such as ``"fast27"``), guidance scale, and sampler extras (e.g. eta)."""
+    """How one stage samples, validated when built; derive variants with ``dataclasses.replace``.
+
+    ``sampler``: a name of ``glide.sampling.SAMPLERS``. ``timesteps``: an int N (N evenly spaced
+    steps, the noisiest included) or any respacing string (``"fast27"``, ``"ddim50"``, ``"100"``,
+    ``"10,10,3"``). ``guidance_scale``: classifier-free guidance, >= 0 (1 = none).
+    ``sampler_options``: the sampler's extras (e.g. ``{"eta": 0.5}`` for ddim), read-only.
+    """
 
     sampler: str = "dpm++2m"
-    steps: int = 25
-    respacing: str | None = None
+    timesteps: int | str = 25
     guidance_scale: float = 3.0
-    sampler_options: dict = field(default_factory=dict)
+    sampler_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
-    def validate(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid names: {', '.join(SAMPLERS)}")
-        check_guidance_scale(self.guidance_scale)
-        if self.respacing is None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+    def __post_init__(self) -> None:
+        check_sampler(self.sampler)
+        object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale))
+        object.__setattr__(self, "timesteps", _check_timesteps(self.timesteps))
+        object.__setattr__(self, "sampler_options", MappingProxyType(dict(self.sampler_options)))
+
+    @property
+    def respacing(self) -> str:
+        """The respacing string of ``timesteps`` (an int N is ``"N"``: evenly spaced)."""
+        return str(self.timesteps)
+
+
+def _check_timesteps(timesteps: int | str) -> int | str:
+    if isinstance(timesteps, int) and not isinstance(timesteps, bool):
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        return timesteps
+    if not isinstance(timesteps, str):
+        raise ValueError(f"timesteps must be an int or a respacing string such as 'fast27', got {timesteps!r}")
+    try:
+        space_timesteps(_CHECK_STEPS, timesteps)
+    except ValueError as e:
+        raise ValueError(f"timesteps={timesteps!r} is not a respacing: {e}") from None
+    return timesteps.strip()
 
 
 # Recipes. The official notebooks: 100 ancestral steps for the base, "fast27" for the upsampler.
-NOTEBOOK_BASE = StageOptions(sampler="ddpm", steps=100, guidance_scale=3.0)
-NOTEBOOK_UPSAMPLE = StageOptions(sampler="ddpm", respacing="fast27", guidance_scale=1.0)
+NOTEBOOK_BASE = StageOptions(sampler="ddpm", timesteps=100, guidance_scale=3.0)
+NOTEBOOK_UPSAMPLE = StageOptions(sampler="ddpm", timesteps="fast27", guidance_scale=1.0)
 # Ours: DPM-Solver++(2M) follows the sampling ODE in far fewer model calls. The upsampler is held
 # close by its low-res input and one of its 256 px steps costs as much as ~6 base steps with CFG
 # (official sizes), so it gets few steps. benchmarks/sampling.py measures speed and distances.
-DEFAULT_BASE = StageOptions(sampler="dpm++2m", steps=20, guidance_scale=3.0)
-DEFAULT_UPSAMPLE = StageOptions(sampler="dpm++2m", steps=5, guidance_scale=1.0)
+DEFAULT_BASE = StageOptions(sampler="dpm++2m", timesteps=20, guidance_scale=3.0)
+DEFAULT_UPSAMPLE = StageOptions(sampler="dpm++2m", timesteps=5, guidance_scale=1.0)
 
 
 @dataclass
@@ -71,26 +100,14 @@ class PipelineOutput:
         return image_grid(self.images, columns)
 
 
-def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
-    """Tile equally sized images into one (``columns`` defaults to a near-square layout)."""
-    if not images:
-        raise ValueError("no images to tile")
-    columns = columns or max(1, round(len(images) ** 0.5 + 0.4999))
-    rows = -(-len(images) // columns)
-    w, h = images[0].size
-    grid = Image.new("RGB", (columns * w, rows * h), "white")
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * w, (i // columns) * h))
-    return grid
-
-
 def stage_diffusion(model: nn.Module, options: StageOptions) -> GaussianDiffusion:
     """The respaced diffusion a stage samples with, from the model's training schedule."""
-    options.validate()
-    respacing = options.respacing or default_respacing(options.sampler, options.steps)
-    return GaussianDiffusion.from_schedule(
-        model.config.noise_schedule, steps=model.config.diffusion_steps, respacing=respacing
-    )
+    steps = model.config.diffusion_steps
+    try:
+        return GaussianDiffusion.from_schedule(model.config.noise_schedule, steps, options.respacing)
+    except ValueError as e:
+        raise ValueError(f"timesteps={options.timesteps!r} does not fit the model's {steps}-step process: "
+                         f"{e}") from None
 
 
 def truncate_diffusion(diffusion: GaussianDiffusion, steps: int) -> GaussianDiffusion:
@@ -103,50 +120,87 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    """A CPU generator: the same seed gives the same images on every device."""
-    if generator is not None:
-        return generator
-    gen = torch.Generator()
-    return gen.manual_seed(seed) if seed is not None else gen.manual_seed(torch.seed())
+# Arguments, checked before any model runs.
+def _check_count(value: int, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _check_stage(value, name: str, allow_false: bool = False):
+    if value is None or isinstance(value, StageOptions) or (allow_false and value is False):
+        return value
+    allowed = "StageOptions, None" + (" or False" if allow_false else "")
+    raise ValueError(f"{name} must be {allowed}, got {type(value).__name__}")
 
 
 def _as_prompts(prompt: str | Sequence[str], num_images_per_prompt: int) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("give at least one prompt")
-    if num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+    if not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be strings")
+    _check_count(num_images_per_prompt, "num_images_per_prompt")
     return [p for p in prompts for _ in range(num_images_per_prompt)]
 
 
-def _base_options(base: StageOptions | None, guidance_scale: float | None) -> StageOptions:
-    """A private copy of the base-stage options, with the call's guidance scale applied."""
-    options = StageOptions(**vars(base or DEFAULT_BASE))
+def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    """A CPU generator: the same seed gives the same images on every device."""
+    if generator is not None:
+        return generator
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    gen = torch.Generator()
+    return gen.manual_seed(seed) if seed is not None else gen.manual_seed(torch.seed())
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The checked arguments every pipeline shares."""
+
+    prompts: list[str]
+    base: StageOptions
+    upsample: StageOptions | bool | None
+    upsample_temp: float
+    generator: torch.Generator
+
+
+def _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
+                generator) -> _Call:
+    prompts = _as_prompts(prompt, num_images_per_prompt)
+    base = _check_stage(base, "base") or DEFAULT_BASE
     if guidance_scale is not None:
-        options.guidance_scale = guidance_scale
-    return options
+        base = dataclasses.replace(base, guidance_scale=guidance_scale)
+    upsample = _check_stage(upsample, "upsample", allow_false=True)
+    upsample_temp = check_number(upsample_temp, "upsample_temp")
+    return _Call(prompts, base, upsample, upsample_temp, _generator(seed, generator))
+
+
+def _check_finite(samples: torch.Tensor, stage: str) -> torch.Tensor:
+    if not bool(torch.isfinite(samples).all()):
+        raise SamplingError(
+            f"the {stage} stage produced non-finite values (NaN or inf): the model's weights may be corrupt, "
+            f"or half precision overflowed (try dtype float32 / --dtype fp32)")
+    return samples
 
 
 def _output(samples: torch.Tensor, low_res: torch.Tensor, prompts: list[str]) -> PipelineOutput:
     return PipelineOutput([tensor_to_image(x) for x in samples], samples.cpu(), low_res.cpu(), prompts)
 
 
-def upsample_stage(upsampler, prompts, low_res, upsample, upsample_temp, generator, progress, callback,
-                   **model_kwargs) -> PipelineOutput:
+def upsample_stage(upsampler, call: _Call, low_res, progress, callback, **model_kwargs) -> PipelineOutput:
     """The second stage shared by every pipeline: 64 px samples -> the upsampler's size.
 
-    ``upsample``: StageOptions, None (the default recipe) or False (keep ``low_res``).
+    ``call.upsample``: StageOptions, None (the default recipe) or False (keep ``low_res``).
     """
-    if upsample is False or upsampler is None:
-        return _output(low_res, low_res, prompts)
-    options = StageOptions(**vars(upsample if isinstance(upsample, StageOptions) else DEFAULT_UPSAMPLE))
+    if call.upsample is False or upsampler is None:
+        return _output(low_res, low_res, call.prompts)
     samples = run_stage(
-        upsampler, prompts, options, generator, noise_scale=upsample_temp,
+        upsampler, call.prompts, call.upsample or DEFAULT_UPSAMPLE, call.generator, noise_scale=call.upsample_temp,
         low_res=low_res.to(_device_of(upsampler)), progress=progress,
         callback=_stage_callback(callback, "upsample"), **model_kwargs,
     )
-    return _output(samples, low_res, prompts)
+    return _output(samples, low_res, call.prompts)
 
 
 def _stage_callback(callback, stage: str):
@@ -166,6 +220,9 @@ def run_stage(
     denoised_fn=None,
     x_T: torch.Tensor | None = None,
     diffusion: GaussianDiffusion | None = None,
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
+    autocast: Callable[[], Any] | None = None,
+    check_finite: bool = True,
     progress: bool = True,
     callback=None,
     **model_kwargs,
@@ -174,24 +231,37 @@ def run_stage(
 
     ``noise_scale`` multiplies x_T (the official ``upsample_temp``); ``x_T`` starts from a given
     (partly noised) image instead; ``diffusion`` overrides the stage's respaced diffusion.
+    ``tokens``: the prompts already tokenised (tokens, mask); ``autocast()``: a context the model
+    runs in (training's mixed precision), its output cast to float32. ``check_finite`` raises
+    :class:`SamplingError` when the result holds NaN or inf.
     """
     device = _device_of(model)
-    tokens, mask = model.tokenize(prompts, device=device)
+    tokens, mask = tokens if tokens is not None else model.tokenize(prompts, device=device)
     denoiser = text2im_denoiser(model, tokens, mask, options.guidance_scale, **model_kwargs)
+    if autocast is not None:
+        denoiser = _under(autocast, denoiser)
     diffusion = diffusion or stage_diffusion(model, options)
     size = model.config.image_size
     if x_T is None:
         x_T = torch.randn((len(prompts), 3, size, size), generator=generator) * noise_scale
-    return sample(
+    samples = sample(
         options.sampler, denoiser, diffusion, x_T.to(device), generator=generator, cond_fn=cond_fn,
         denoised_fn=denoised_fn, progress=progress, callback=callback, **options.sampler_options,
     )
+    return _check_finite(samples, "upsample" if model.config.super_res else "base") if check_finite else samples
+
+
+def _under(autocast: Callable[[], Any], denoiser):
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return denoiser(x, t).float()
+
+    return run
 
 
 class Text2ImagePipeline:
-    """Text -> 64 px (base) -> 256 px (upsampler), with classifier-free or CLIP guidance.
-
-    ``clip`` (a NoisedClip) enables ``guidance="clip"`` and ``rerank``.
+    """Text -> 64 px (base) -> 256 px (upsampler), with classifier-free guidance and any gradient
+    guidances (CLIP, classifier) stacked on the base stage. ``clip`` (a NoisedClip) enables ``rerank``.
     """
 
     def __init__(self, base: nn.Module, upsampler: nn.Module | None = None, clip: nn.Module | None = None):
@@ -223,8 +293,8 @@ class Text2ImagePipeline:
         prompt: str | Sequence[str],
         *,
         num_images_per_prompt: int = 1,
-        guidance: str = "cfg",
         guidance_scale: float | None = None,
+        cond_fns: Sequence = (),
         base: StageOptions | None = None,
         upsample: StageOptions | None | bool = None,
         upsample_temp: float = 0.997,
@@ -236,39 +306,31 @@ class Text2ImagePipeline:
     ) -> PipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
-        guidance: ``"cfg"`` (classifier-free, ``guidance_scale`` default 3), ``"clip"`` (noised
-        CLIP gradient, scale = grad_scale) or ``"none"``. ``base`` / ``upsample`` are
+        ``guidance_scale``: classifier-free guidance of the base stage (default: ``base``'s, 3;
+        1 = none). ``cond_fns``: gradient guidances summed on the base stage, e.g.
+        ``(ClipGuidance(clip, 2.0), ClassifierGuidance(classifier, label=3, scale=1.0))`` from
+        ``glide.guidance``, or plain ``cond_fn(x, t)`` callables. ``base`` / ``upsample`` are
         :class:`StageOptions` (defaults: DPM-Solver++ 20 and 5 steps); ``upsample=False`` stops
         at 64 px. ``rerank=N`` draws N candidates per prompt and keeps the
-        ``num_images_per_prompt`` best by noised-CLIP score at t=0.
+        ``num_images_per_prompt`` best by noised-CLIP score at t=0 (needs ``clip``).
         ``callback(dict(stage, i, t, x, pred_xstart))`` runs after every step.
         """
-        if guidance not in GUIDANCE_TYPES:
-            raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE_TYPES)}")
-        prompts = _as_prompts(prompt, num_images_per_prompt)
-        generator = _generator(seed, generator)
-        base_opts = _base_options(base, guidance_scale)
-        cond_fn = None
-        if (guidance == "clip" or rerank) and self.clip is None:
-            raise ValueError("CLIP guidance and reranking need a noised CLIP: pass clip= (e.g. "
-                             "Text2ImagePipeline.from_pretrained(clip=('clip-image-enc', 'clip-text-enc')))")
-        if guidance == "clip":
-            cond_fn = clip_cond_fn(self.clip, prompts, base_opts.guidance_scale)
-            base_opts.guidance_scale = 1.0
-        elif guidance == "none":
-            base_opts.guidance_scale = 1.0
-
-        candidates = prompts
-        if rerank:  # draw `rerank` candidates per prompt, keep the num_images_per_prompt best
-            if rerank < num_images_per_prompt:
+        call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
+                           generator)
+        candidates = call.prompts
+        if rerank is not None:  # draw `rerank` candidates per prompt, keep the num_images_per_prompt best
+            if self.clip is None:
+                raise ValueError("reranking needs a noised CLIP: pass clip= (e.g. Text2ImagePipeline."
+                                 "from_pretrained(clip=('clip-image-enc', 'clip-text-enc')))")
+            if _check_count(rerank, "rerank") < num_images_per_prompt:
                 raise ValueError(f"rerank={rerank} must be >= num_images_per_prompt={num_images_per_prompt}")
-            candidates = [p for p in prompts[::num_images_per_prompt] for _ in range(rerank)]
-        low_res = run_stage(self.base, candidates, base_opts, generator, cond_fn=cond_fn,
+            candidates = [p for p in call.prompts[::num_images_per_prompt] for _ in range(rerank)]
+        cond_fn = bind_cond_fns(cond_fns, candidates)
+        low_res = run_stage(self.base, candidates, call.base, call.generator, cond_fn=cond_fn,
                             progress=progress, callback=_stage_callback(callback, "base"))
-        if rerank:
+        if rerank is not None:
             low_res = self.rerank(low_res, candidates, keep=num_images_per_prompt, group=rerank)
-        return upsample_stage(self.upsampler, prompts, low_res, upsample, upsample_temp, generator, progress,
-                              callback)
+        return upsample_stage(self.upsampler, call, low_res, progress, callback)
 
     def rerank(self, images: torch.Tensor, prompts: list[str], keep: int, group: int) -> torch.Tensor:
         """Keep the ``keep`` best of each consecutive ``group`` of images by noised-CLIP score at t=0,
@@ -283,49 +345,6 @@ class Text2ImagePipeline:
 # --------------------------------------------------------------------------------------------
 # Editing
 # --------------------------------------------------------------------------------------------
-def load_rgb(image: Image.Image | str | Path | torch.Tensor, size: int) -> torch.Tensor:
-    """An image as ``[1, 3, size, size]`` in [-1, 1]. PIL/paths are resized and centre-cropped;
-    tensors ([3,H,W] or [1,3,H,W] in [-1, 1]) must already have the right size."""
-    if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise ValueError(f"image file not found: {image}")
-        image = Image.open(image)
-    if isinstance(image, Image.Image):
-        return image_to_tensor(resize_center_crop(to_rgb(image), size))[None]
-    x = image[None] if image.dim() == 3 else image
-    if x.dim() != 4 or x.shape[:2] != (1, 3) or tuple(x.shape[2:]) != (size, size):
-        raise ValueError(f"image tensor must be [1, 3, {size}, {size}] (or [3, {size}, {size}]) in [-1, 1], "
-                         f"got {list(image.shape)}")
-    return x.float()
-
-
-def load_mask(mask: Image.Image | str | Path | torch.Tensor, size: int) -> torch.Tensor:
-    """An edit mask as ``inpaint_mask`` ``[1, 1, size, size]``: 1 = keep, 0 = fill.
-
-    Mask images follow the usual editor convention: **white = repaint**, black = keep.
-    Tensors are taken as that same "1 = repaint" convention, [H,W], [1,H,W] or [1,1,H,W].
-    """
-    if isinstance(mask, (str, Path)):
-        if not Path(mask).is_file():
-            raise ValueError(f"mask file not found: {mask}")
-        mask = Image.open(mask)
-    if isinstance(mask, Image.Image):
-        mask = resize_center_crop(mask.convert("L"), size)
-        repaint = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
-    else:
-        repaint = mask.float()
-        while repaint.dim() < 4:
-            repaint = repaint[None]
-        if repaint.shape[:2] != (1, 1):
-            raise ValueError(f"mask must have one channel ([H, W], [1, H, W] or [1, 1, H, W]), got {list(mask.shape)}")
-        if tuple(repaint.shape[2:]) != (size, size):
-            repaint = F.interpolate(repaint, (size, size), mode="nearest")
-    keep = (repaint < 0.5).float()
-    if keep.all():
-        raise ValueError("the mask marks nothing to repaint (paint the region to change white)")
-    return keep
-
-
 class InpaintPipeline:
     """Fill the masked region of an image from a prompt, at 64 px then 256 px; the known region
     is kept exactly (it is pasted into every x_0 estimate, as the official inpainting notebook)."""
@@ -352,8 +371,9 @@ class InpaintPipeline:
         image,
         mask,
         *,
-        num_images: int = 1,
+        num_images_per_prompt: int = 1,
         guidance_scale: float | None = None,
+        cond_fns: Sequence = (),
         base: StageOptions | None = None,
         upsample: StageOptions | None | bool = None,
         upsample_temp: float = 0.997,
@@ -362,23 +382,23 @@ class InpaintPipeline:
         progress: bool = True,
         callback=None,
     ) -> PipelineOutput:
-        """image: PIL / path / tensor; mask: white (1) = region to repaint. Returns the edited images."""
-        prompts = _as_prompts(prompt, num_images)
-        generator = _generator(seed, generator)
-        base_opts = _base_options(base, guidance_scale)
-        size = self.base.config.image_size
-        source, keep = self._inputs(image, mask, size, len(prompts), self.base)
-        low_res = run_stage(
-            self.base, prompts, base_opts, generator, inpaint_image=source, inpaint_mask=keep,
-            denoised_fn=paste_known(source, keep), progress=progress, callback=_stage_callback(callback, "base"),
-        )
+        """image: PIL / path / tensor; mask: white (1) = region to repaint. Returns the edited images.
+        ``guidance_scale`` and ``cond_fns`` guide the base stage as in :class:`Text2ImagePipeline`."""
+        call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
+                           generator)
+        batch = len(call.prompts)
+        source, keep = self._inputs(image, mask, self.base.config.image_size, batch, self.base)
         up_source = up_keep = None
-        if upsample is not False and self.upsampler is not None:
-            up_size = self.upsampler.config.image_size
-            up_source, up_keep = self._inputs(image, mask, up_size, len(prompts), self.upsampler)
+        if call.upsample is not False and self.upsampler is not None:
+            up_source, up_keep = self._inputs(image, mask, self.upsampler.config.image_size, batch, self.upsampler)
+        cond_fn = bind_cond_fns(cond_fns, call.prompts)
+        low_res = run_stage(
+            self.base, call.prompts, call.base, call.generator, inpaint_image=source, inpaint_mask=keep,
+            cond_fn=cond_fn, denoised_fn=paste_known(source, keep), progress=progress,
+            callback=_stage_callback(callback, "base"),
+        )
         return upsample_stage(
-            self.upsampler, prompts, low_res, upsample, upsample_temp, generator, progress, callback,
-            inpaint_image=up_source, inpaint_mask=up_keep,
+            self.upsampler, call, low_res, progress, callback, inpaint_image=up_source, inpaint_mask=up_keep,
             denoised_fn=paste_known(up_source, up_keep) if up_source is not None else None,
         )
 
@@ -405,8 +425,9 @@ class ImageToImagePipeline(Text2ImagePipeline):
         image,
         *,
         strength: float = 0.6,
-        num_images: int = 1,
+        num_images_per_prompt: int = 1,
         guidance_scale: float | None = None,
+        cond_fns: Sequence = (),
         base: StageOptions | None = None,
         upsample: StageOptions | None | bool = None,
         upsample_temp: float = 0.997,
@@ -415,19 +436,17 @@ class ImageToImagePipeline(Text2ImagePipeline):
         progress: bool = True,
         callback=None,
     ) -> PipelineOutput:
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        prompts = _as_prompts(prompt, num_images)
-        generator = _generator(seed, generator)
-        base_opts = _base_options(base, guidance_scale)
-        full = stage_diffusion(self.base, base_opts)
+        strength = check_number(strength, "strength", low=0.0, high=1.0, low_open=True)
+        call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
+                           generator)
+        n = len(call.prompts)
+        x0 = load_rgb(image, self.base.config.image_size).expand(n, -1, -1, -1)
+        full = stage_diffusion(self.base, call.base)
         start = max(1, round(strength * full.num_timesteps))
         diffusion = truncate_diffusion(full, start)
-        size = self.base.config.image_size
-        x0 = load_rgb(image, size).expand(len(prompts), -1, -1, -1)
-        noise = torch.randn(x0.shape, generator=generator)
-        x_start = diffusion.q_sample(x0, torch.full((len(prompts),), start - 1), noise)
-        low_res = run_stage(self.base, prompts, base_opts, generator, x_T=x_start, diffusion=diffusion,
-                            progress=progress, callback=_stage_callback(callback, "base"))
-        return upsample_stage(self.upsampler, prompts, low_res, upsample, upsample_temp, generator, progress,
-                              callback)
+        noise = torch.randn(x0.shape, generator=call.generator)
+        x_start = diffusion.q_sample(x0, torch.full((n,), start - 1), noise)
+        low_res = run_stage(self.base, call.prompts, call.base, call.generator, x_T=x_start, diffusion=diffusion,
+                            cond_fn=bind_cond_fns(cond_fns, call.prompts), progress=progress,
+                            callback=_stage_callback(callback, "base"))
+        return upsample_stage(self.upsampler, call, low_res, progress, callback)

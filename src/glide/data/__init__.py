@@ -19,8 +19,9 @@ from glide.data.emoji import EmojiDataset, find_emoji_font
 from glide.data.folder import CaptionTableDataset, ImageFolderDataset
 from glide.data.masks import random_mask, random_masks
 from glide.data.shapes import COLOURS, NUM_CLASSES, SHAPES, CaptionedShapes, caption_for, parse_caption
-from glide.data.transforms import ImageTransform, clean_caption, load_image, make_low_res
+from glide.data.transforms import ImageTransform, clean_caption, make_low_res
 from glide.data.webdataset import WebDatasetSource
+from glide.images import load_image
 
 __all__ = [
     "COLOURS", "IMAGE_EXTENSIONS", "NUM_CLASSES", "SHAPES",

@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
-from glide.data.transforms import image_to_tensor, resize_center_crop
+from glide.images import image_to_tensor, resize_center_crop
 
 DEFAULT_FONT_PATHS = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",  # Debian / Ubuntu

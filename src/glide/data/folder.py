@@ -24,7 +24,8 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from glide.data.common import IMAGE_EXTENSIONS, DataStats
-from glide.data.transforms import ImageTransform, clean_caption, load_image
+from glide.data.transforms import ImageTransform, clean_caption
+from glide.images import load_image
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from glide.data.transforms import image_to_tensor
+from glide.images import image_to_tensor
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {

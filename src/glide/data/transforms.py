@@ -1,24 +1,21 @@
 """Image and caption preprocessing, and the degraded low-res input the upsampler trains on.
 
-Images leave this module as ``FloatTensor [3, R, R]`` in [-1, 1]. Resizing follows
-guided-diffusion's ``center_crop_arr``: halve with a BOX filter while the image is at least twice
-the target (cheap antialiasing), then BICUBIC so the shorter side equals the target, then crop the
-centre.
+Images leave this module as ``FloatTensor [3, R, R]`` in [-1, 1]; loading, converting and
+resizing live in :mod:`glide.images`, shared with inference.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import re
 import unicodedata
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
+
+from glide.images import image_to_tensor, resize_center_crop, to_rgb
 
 Range = float | tuple[float, float] | None
 
@@ -34,61 +31,6 @@ def clean_caption(text: str) -> str:
         ch for ch in text if ch not in _INVISIBLE and unicodedata.category(ch) not in ("Cc", "Cs")
     )
     return text.strip()
-
-
-def load_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open and fully decode an image (a path or encoded bytes), upright per EXIF, as RGB.
-
-    Raises whatever Pillow raises for unreadable data (``OSError``, ``SyntaxError``, ...);
-    datasets catch it and skip the sample.
-    """
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(source)
-    with Image.open(source) as image:
-        image.load()  # decode now so corrupt data fails here, not later
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB; transparent pixels are composited onto white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16"):
-            array = array / 257.0
-        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
-    """Resize so the shorter side is ``resolution`` (BOX halving, then BICUBIC) and crop the centre."""
-    while min(image.size) >= 2 * resolution:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
-    scale = resolution / min(image.size)
-    size = tuple(max(resolution, round(s * scale)) for s in image.size)
-    image = image.resize(size, resample=Image.Resampling.BICUBIC)
-    left = (image.width - resolution) // 2
-    top = (image.height - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> ``FloatTensor [3, H, W]`` in [-1, 1]."""
-    array = np.asarray(to_rgb(image), dtype=np.float32)
-    return torch.from_numpy(array / 127.5 - 1.0).permute(2, 0, 1).contiguous()
-
-
-def tensor_to_image(x: torch.Tensor) -> Image.Image:
-    """``[3, H, W]`` in [-1, 1] -> RGB PIL image (values clamped)."""
-    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 class ImageTransform:

@@ -27,7 +27,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset import tariterators
 
 from glide.data.common import DataStats, logger
-from glide.data.transforms import ImageTransform, clean_caption, load_image
+from glide.data.transforms import ImageTransform, clean_caption
+from glide.images import load_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 

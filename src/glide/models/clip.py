@@ -7,8 +7,8 @@ shapes are exactly those of the official ``glide_text2im/clip`` checkpoints
 (``clip_image_enc.pt`` / ``clip_text_enc.pt``), so those load with ``strict=True``.
 
 Flow: ``tokens, lens -> ClipTextEncoder -> z_text``; ``x_t, t -> ClipImageEncoder -> z_image``;
-the guidance gradient is ``d/dx_t [exp(logit_scale) * sum(z_text * z_image)] * grad_scale`` with
-both embeddings L2-normalised.
+the guidance gradient (``glide.guidance.clip_cond_fn``) is
+``d/dx_t [exp(logit_scale) * sum(z_text * z_image)] * grad_scale`` with both embeddings L2-normalised.
 
 Attention padding: the official code pads every sequence to a multiple of 32 and hides the
 padded keys with an additive -1e10 bias (plus a causal mask in the text encoder). Masked keys get
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -407,7 +407,7 @@ TextEncoder = ClipTextEncoder
 
 
 # --------------------------------------------------------------------------------------------
-# The pair, with guidance helpers
+# The pair: embeddings and scores
 # --------------------------------------------------------------------------------------------
 
 
@@ -494,41 +494,8 @@ class NoisedClip(nn.Module):
         ``t=0`` treats the images as clean (for reranking final samples).
         """
         z_text = self.embed_text(tokens, lens)
-        _check_pairing(z_text.shape[0], images.shape[0])
+        check_pairing(z_text.shape[0], images.shape[0])
         return (self.embed_image(images, t) * z_text).sum(dim=-1)
-
-    # -- guidance -----------------------------------------------------------------------------
-
-    def cond_fn(self, prompts: list[str], grad_scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """CLIP guidance for ``prompts`` (one per sample, or one for all): see ``cond_fn_from_tokens``.
-
-        The prompts are tokenised and embedded once, here.
-        """
-        tokens, lens = self.tokenize(prompts)
-        return self.cond_fn_from_tokens(tokens, lens, grad_scale)
-
-    def cond_fn_from_tokens(
-        self, tokens: torch.Tensor, lens: torch.Tensor, grad_scale: float
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Return ``cond_fn(x, t) -> grad``, the sampler's guidance hook.
-
-        ``x: [B, 3, S, S]`` in [-1, 1] (S = ``config.image_size``; other sizes raise, as in the
-        official code, which does not resize), ``t``: int64 ``[B]`` original timesteps.
-        ``grad = grad_scale * d/dx [exp(logit_scale) * sum(z_text * z_image(x, t))]``.
-        """
-        with torch.no_grad():
-            z_text = self.embed_text(tokens, lens)
-
-        def cond_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            _check_pairing(z_text.shape[0], x.shape[0])
-            with torch.enable_grad():
-                x_in = x.detach().requires_grad_(True)
-                z_image = self.embed_image(x_in, t)
-                loss = self.logit_scale.exp() * (z_text * z_image).sum()
-                (grad,) = torch.autograd.grad(loss, x_in)
-            return grad.detach() * grad_scale
-
-        return cond_fn
 
     def _timesteps(self, t: torch.Tensor | int, x_t: torch.Tensor) -> torch.Tensor | None:
         if self.config.n_timesteps == 0:
@@ -540,6 +507,7 @@ class NoisedClip(nn.Module):
         return t.to(x_t.device)
 
 
-def _check_pairing(n_text: int, n_image: int) -> None:
+def check_pairing(n_text: int, n_image: int) -> None:
+    """Texts pair with images one to one, or one text serves every image."""
     if n_text not in (1, n_image):
         raise ValueError(f"got {n_text} texts for {n_image} images: give one text per image, or one for all")

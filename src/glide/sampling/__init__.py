@@ -38,9 +38,12 @@ SAMPLERS = {
 }
 
 
-def _check_name(name: str) -> None:
+def check_sampler(name: str) -> str:
+    """``name`` if it is a sampler of :data:`SAMPLERS`, else a ValueError listing the valid names
+    (the one check of a sampler name, for the API, the CLI and training)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid names: {', '.join(SAMPLERS)}")
+    return name
 
 
 def sample(
@@ -52,22 +55,8 @@ def sample(
 ) -> Tensor:
     """Run the sampler ``SAMPLERS[name]``; ``kwargs`` are its keyword options (``eta`` for ddim,
     ``order`` for plms / dpm++2m, plus the shared ones)."""
-    _check_name(name)
+    check_sampler(name)
     return SAMPLERS[name](denoiser, diffusion, x_T_or_shape, **kwargs)
-
-
-def default_respacing(sampler_name: str, steps: int) -> str:
-    """The respacing string to build the diffusion for ``steps`` sampling steps: ``str(steps)``.
-
-    The same for every sampler: the evenly spaced steps include the noisiest step 999, where
-    x_T ~ N(0, I) is right, and exist for any count (``"ddimK"`` strides start at 0, skip the
-    last steps and exist only for some K). One denoiser call per step (PLMS: one more).
-    The official upsampler setting is ``"fast27"``; pass it explicitly where wanted.
-    """
-    _check_name(sampler_name)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return str(steps)
 
 
 __all__ = [
@@ -77,9 +66,9 @@ __all__ = [
     "DenoisedFn",
     "Denoiser",
     "NoiseSampler",
+    "check_sampler",
     "ddim_step",
     "ddpm_step",
-    "default_respacing",
     "dpm_solver_step",
     "dpm_solver_update",
     "plms_step",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .. import devices
 from ..errors import LaunchError
 
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -73,31 +74,11 @@ class Distributed:
 
 
 def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """:func:`glide.devices.resolve_device`, with its errors as ``LaunchError``."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LaunchError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LaunchError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        count = torch.cuda.device_count()
-        if distributed:
-            if device.index is not None:
-                raise LaunchError("under torchrun, pass --device cuda (each rank uses GPU LOCAL_RANK), not cuda:N")
-            if local_rank >= count:
-                raise LaunchError(f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible: "
-                                  f"--nproc_per_node must not exceed the number of GPUs per node")
-            device = torch.device("cuda", local_rank)
-        elif device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        elif device.index >= count:
-            raise LaunchError(f"--device {name}: only {count} GPU(s) are visible")
-        torch.cuda.set_device(device)
-    elif device.type != "cpu" and distributed:
-        raise LaunchError(f"distributed training supports cpu (gloo) and cuda (nccl), not {device.type}")
-    return device
+        return devices.resolve_device(name, local_rank=local_rank, distributed=distributed)
+    except ValueError as e:
+        raise LaunchError(str(e)) from None
 
 
 def setup(device_name: str) -> Distributed:

@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import random_mask
-from ..data.transforms import tensor_to_image
-from ..diffusion import GaussianDiffusion
-from ..guidance import text2im_denoiser
-from ..sampling import default_respacing, sample
+from ..images import make_grid, tensor_to_image
+from ..pipelines import StageOptions, paste_known, run_stage
 from .config import TrainConfig
 from .ema import EMA
 from .stages import Text2ImStage
@@ -31,6 +29,8 @@ class SampleGrid:
 
     def __init__(self, config: TrainConfig, stage: Text2ImStage, references: list[dict[str, Any]]):
         self.config, self.stage = config, stage
+        # Built now, so a bad sampler name or guidance scale fails before training starts.
+        self.options = StageOptions(config.sample_sampler, config.sample_steps, config.sample_guidance)
         n = config.num_samples
         prompts = list(config.sample_prompts) or [r.get("caption", "") for r in references]
         self.prompts = [prompts[i % len(prompts)] for i in range(n)]
@@ -79,32 +79,11 @@ class SampleGrid:
             inpaint_mask = self.masks.to(device)
             kwargs.update(inpaint_image=images, inpaint_mask=inpaint_mask)
             rows.append(images * inpaint_mask)  # unknown pixels shown as grey (0)
-            denoised_fn = lambda x0: x0 * (1 - inpaint_mask) + images * inpaint_mask
-        denoiser = text2im_denoiser(model, tokens, mask, config.sample_guidance, **kwargs)
-
-        def run_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast():
-                return denoiser(x, t).float()
-
-        c = model.config
-        diffusion = GaussianDiffusion.from_schedule(
-            c.noise_schedule, c.diffusion_steps, default_respacing(config.sample_sampler, config.sample_steps))
-        generator = torch.Generator().manual_seed(config.seed)
-        samples = sample(config.sample_sampler, run_model, diffusion, tuple(images.shape), generator=generator,
-                         denoised_fn=denoised_fn, device=device)
+            denoised_fn = paste_known(images, inpaint_mask)
+        samples = run_stage(model, self.prompts, self.options, torch.Generator().manual_seed(config.seed),
+                            tokens=(tokens, mask), denoised_fn=denoised_fn, autocast=autocast, check_finite=False,
+                            progress=False, **kwargs)
         rows.append(samples)
         if stage.super_res or stage.inpaint:
             rows.append(images)
         return make_grid(torch.cat(rows), columns=len(self.prompts))
-
-
-def make_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:
-    """``[N, 3, H, W]`` in [-1, 1] -> one ``[3, rows * (H + p) + p, columns * (W + p) + p]`` image."""
-    n, c, h, w = images.shape
-    rows = (n + columns - 1) // columns
-    grid = torch.ones(c, rows * (h + padding) + padding, columns * (w + padding) + padding)
-    for i, image in enumerate(images.detach().float().cpu()):
-        r, col = divmod(i, columns)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top:top + h, left:left + w] = image
-    return grid
