@@ -444,10 +444,9 @@ def _pick_weights_file(folder: Path, weights: str) -> Path:
 def _preset_shapes() -> dict[str, tuple[str, dict[str, tuple[int, ...]]]]:
     """Every preset's (model_type, {key: shape}), from models built on the meta device (cheap)."""
     out = {}
-    for name in PRESETS:
-        model_type = name if name.startswith("clip-") else "text2im"
-        model = _meta_model(model_type, preset_config(name))
-        out[name] = (model_type, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    for name, preset in PRESETS.items():
+        model = _meta_model(preset.model_type, preset.config())
+        out[name] = (preset.model_type, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     return out
 
 
@@ -546,7 +545,8 @@ def _explicit_config(config: Any, state: dict[str, torch.Tensor], file_config: d
     from .models.clip import ClipConfig
 
     if isinstance(config, str):
-        return (config if config.startswith("clip-") else "text2im"), preset_config(config)
+        config_obj = preset_config(config)
+        return config_obj.model_type, config_obj
     if isinstance(config, dict):
         if "model_type" not in config:
             raise CheckpointError("a config dict passed as config= needs a 'model_type' key")

@@ -210,10 +210,10 @@ class LoadedModels:
     random: tuple[str, ...] = ()  # the specs that are randomly initialised (untrained)
 
 
-def _text2im_presets() -> dict[str, dict]:
-    from .models.presets import TEXT2IM_PRESETS
+def _text2im_presets() -> list[str]:
+    from .models import preset_names
 
-    return TEXT2IM_PRESETS
+    return preset_names("text2im")
 
 
 def _official_names() -> tuple[str, ...]:
@@ -295,13 +295,11 @@ def _random_clip(image_size: int, device):
     """A tiny randomly initialised noised CLIP (``--clip random``), for trying guidance and reranking."""
     import torch
 
-    from .models.clip import ClipConfig, NoisedClip
+    from .models import build_preset
 
-    config = ClipConfig(image_size=image_size, patch_size=8, n_embd=32, n_head_state_text=16, n_head_text=2,
-                        n_xf_blocks_text=1, n_head_state_image=16, n_head_image=2, n_xf_blocks_image=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = NoisedClip(config)
+        model = build_preset("tiny-clip", image_size=image_size)
     return model.to(device).eval()
 
 
@@ -839,7 +837,7 @@ def models(cache_dir: str | None) -> None:
       GLIDE_CACHE=/data/glide glide models
     """
     from .checkpoints import checkpoint_dir, list_checkpoints
-    from .models.presets import CLIP_PRESETS, TEXT2IM_PRESETS
+    from .models import PRESETS
 
     rows = list_checkpoints(cache_dir)
     click.echo(f"Official checkpoints (in {checkpoint_dir(cache_dir)}):")
@@ -853,13 +851,9 @@ def models(cache_dir: str | None) -> None:
             state = f"missing     glide download {row['name']}"
         click.echo(f"  {row['name']:<{width}}  {state}")
     click.echo("\nPresets (untrained: --model random:NAME; or the architecture for glide train):")
-    width = max(map(len, [*TEXT2IM_PRESETS, *CLIP_PRESETS]))
-    for name, preset in TEXT2IM_PRESETS.items():
-        kind = "upsampler" if preset.get("super_res") else "base"
-        kind += ", inpainting" if preset.get("inpaint") else ""
-        click.echo(f"  {name:<{width}}  {kind}, {preset['image_size']} px, {preset['num_channels']} channels")
-    for name in CLIP_PRESETS:
-        click.echo(f"  {name:<{width}}  noised CLIP {name.split('-', 1)[1].replace('-enc', ' encoder')}")
+    width = max(map(len, PRESETS))
+    for name, preset in PRESETS.items():
+        click.echo(f"  {name:<{width}}  {preset.description}")
 
 
 if __name__ == "__main__":
