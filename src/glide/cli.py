@@ -850,7 +850,7 @@ def models(cache_dir: str | None) -> None:
         else:
             state = f"missing     glide download {row['name']}"
         click.echo(f"  {row['name']:<{width}}  {state}")
-    click.echo("\nPresets (untrained: --model random:NAME; or the architecture for glide train):")
+    click.echo("\nPresets (the architectures for glide train; text-to-image ones untrained: --model random:NAME):")
     width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():
         click.echo(f"  {name:<{width}}  {preset.description}")

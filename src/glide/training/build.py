@@ -57,7 +57,7 @@ def finish_new_config(cfg: TrainConfig, model_type: str, config: Any, dataset, e
         classes = count_classes(dataset)
         if classes is None:
             raise ConfigError("cannot tell how many classes the data has: pass --model-overrides num_classes=N")
-        config.num_classes = classes
+        config = config.replace(num_classes=classes)
     return config
 
 
