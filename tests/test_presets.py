@@ -3,6 +3,7 @@ with its model_type, old key names still load, and every reader (compat, CLI, tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -81,6 +82,19 @@ def test_old_vocabulary_dicts_still_load():
     assert official == preset_config("clip") and official.model_type == "clip"
 
 
+def test_a_checkpoint_saved_with_the_old_clip_keys_still_loads(tmp_path):
+    from glide.checkpoints import load_model, save_state_dict
+
+    model = build_preset("tiny-clip", image_size=16, diffusion_steps=10)
+    stored = model.config.to_dict()
+    stored["n_timesteps"], stored["beta_schedule"] = stored.pop("diffusion_steps"), stored.pop("noise_schedule")
+    path = save_state_dict(model.state_dict(), stored, tmp_path / "old.safetensors")
+    loaded = load_model(path)
+    assert isinstance(loaded, NoisedClip) and loaded.config == model.config
+    assert loaded.config.diffusion_steps == 10
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
 def test_old_and_new_name_together_is_an_error():
     d = {**preset_config("tiny-clip").to_dict(), "n_timesteps": 10}
     with pytest.raises(ValueError, match="both 'n_timesteps' and its new name 'diffusion_steps'"):
@@ -120,6 +134,8 @@ def test_preset_table_is_read_only_and_hands_out_fresh_configs():
         PRESETS["mine"] = PRESETS["base"]  # type: ignore[index]
     with pytest.raises(TypeError):
         PRESETS["tiny-base"].fields["image_size"] = 32  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS["tiny-base"].model_type = "clip"  # type: ignore[misc]
     first = preset_config("tiny-base")
     first.tokenizer["kind"] = "changed"
     first.image_size = 32
