@@ -33,7 +33,7 @@ from .helpers import FIXTURES, load_fixture, load_json
 # Tiny models and inputs
 # --------------------------------------------------------------------------------------------
 def _tiny_clip_config(**overrides) -> ClipConfig:
-    d = dict(n_timesteps=10, image_size=16, patch_size=8, n_vocab=64, max_text_len=12, n_embd=8,
+    d = dict(diffusion_steps=10, image_size=16, patch_size=8, n_vocab=64, max_text_len=12, n_embd=8,
              n_head_state_text=4, n_head_text=2, n_xf_blocks_text=1, n_head_state_image=4, n_head_image=2,
              n_xf_blocks_image=1, logit_scale=50.0)
     return ClipConfig(**{**d, **overrides})

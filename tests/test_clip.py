@@ -24,7 +24,7 @@ ATOL = 1e-4
 
 def _tiny_config(**overrides) -> ClipConfig:
     d = dict(
-        n_timesteps=10,
+        diffusion_steps=10,
         image_size=16,
         patch_size=8,
         n_vocab=64,

@@ -88,7 +88,7 @@ def test_full_size_notebook_models_match_official_parameters(name):
     official = load_json("official_configs.json")["models"][name]
     with torch.device("meta"):
         model, diffusion = create_model_and_diffusion(**official["options"])
-    assert type(model) is Text2ImUNet
+    assert isinstance(model, Text2ImUNet)
     assert sum(x.numel() for x in model.parameters()) == official["num_parameters"]
     assert len(model.state_dict()) == official["num_state_dict_keys"]
 

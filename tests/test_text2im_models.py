@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from glide.compat import create_model_and_diffusion, model_and_diffusion_defaults
 from glide.models import Text2ImConfig, build_preset, preset_config
 from glide.models.unet import attention_backend, timestep_embedding
 
@@ -88,8 +89,8 @@ def official_shapes(name):
 def test_half_conversion_matches_official_fp16_key_set():
     official = load_json("official_configs.json")["models"]["base"]
     with torch.device("meta"):
-        model = build_preset("base")
-    model.convert_to_fp16()
+        model, _ = create_model_and_diffusion(**model_and_diffusion_defaults())
+    model.convert_to_fp16()  # the official API's name (glide.compat) for convert_to_half(torch.float16)
     ours = {k for k, v in model.state_dict().items() if v.dtype == torch.float16}
     assert ours == set(official["keys_float16_after_convert_to_fp16"])
 

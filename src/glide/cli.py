@@ -644,7 +644,7 @@ def models(cache_dir: str | None) -> None:
       GLIDE_CACHE=/data/glide glide models
     """
     from .checkpoints import checkpoint_dir, official_status
-    from .models.presets import CLIP_PRESETS, TEXT2IM_PRESETS
+    from .models import PRESETS
 
     rows = official_status(cache_dir)
     click.echo(f"Official checkpoints (in {checkpoint_dir(cache_dir)}):")
@@ -657,14 +657,10 @@ def models(cache_dir: str | None) -> None:
         else:
             state = f"missing     glide download {row['name']}"
         click.echo(f"  {row['name']:<{width}}  {state}")
-    click.echo("\nPresets (untrained: --model random:NAME; or the architecture for glide train):")
-    width = max(map(len, [*TEXT2IM_PRESETS, *CLIP_PRESETS]))
-    for name, preset in TEXT2IM_PRESETS.items():
-        kind = "upsampler" if preset.get("super_res") else "base"
-        kind += ", inpainting" if preset.get("inpaint") else ""
-        click.echo(f"  {name:<{width}}  {kind}, {preset['image_size']} px, {preset['num_channels']} channels")
-    for name in CLIP_PRESETS:
-        click.echo(f"  {name:<{width}}  noised CLIP {name.split('-', 1)[1].replace('-enc', ' encoder')}")
+    click.echo("\nPresets (the architectures for glide train; text-to-image ones untrained: --model random:NAME):")
+    width = max(map(len, PRESETS))
+    for name, preset in PRESETS.items():
+        click.echo(f"  {name:<{width}}  {preset.description}")
 
 
 if __name__ == "__main__":

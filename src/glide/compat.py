@@ -26,7 +26,9 @@ from torch import nn
 from .checkpoints import download_official, official_checkpoint, official_path, read_checkpoint
 from .diffusion import GaussianDiffusion
 from .guidance import clip_cond_fn_from_tokens
+from .models import get_preset, preset_config
 from .models.clip import ClipConfig, NoisedClip, official_clip_config
+from .models.config import RENAMED_KEYS
 from .models.text2im import Text2ImConfig, Text2ImUNet
 from .sampling import ddim_step, ddpm_step, sample_ddim, sample_ddpm
 from .sampling._common import CondFn, Denoiser, model_mean_variance, with_grad
@@ -34,27 +36,30 @@ from .tokenizer import ClipTokenizer
 
 Tensor = torch.Tensor
 
-# Options of the official model_and_diffusion_defaults() that are not model-shape fields.
-_DIFFUSION_KEYS = ("diffusion_steps", "noise_schedule", "timestep_respacing")
-_RUNTIME_KEYS = ("use_fp16", "cache_text_emb")
+# Options of the official model_and_diffusion_defaults() that are not Text2ImConfig fields.
+_RUNTIME_OPTIONS = dict(timestep_respacing="", use_fp16=True, cache_text_emb=False)
+# Text2ImConfig fields the official options do not have (glide additions).
+_GLIDE_ONLY_FIELDS = ("n_vocab", "learn_sigma", "tokenizer", "model_type")
+
+
+def _official_options(preset: str) -> dict[str, Any]:
+    """The official option dict of a preset of the table: ints joined as the official strings,
+    ``channel_mult=""`` (derived from the size) unless the preset sets it."""
+    config = preset_config(preset)
+    options = {k: v for k, v in config.to_dict().items() if k not in _GLIDE_ONLY_FIELDS}
+    options["channel_mult"] = ",".join(map(str, get_preset(preset).fields.get("channel_mult", ())))
+    options["attention_resolutions"] = ",".join(map(str, config.attention_resolutions))
+    return {**options, **_RUNTIME_OPTIONS}
 
 
 def model_and_diffusion_defaults() -> dict[str, Any]:
     """The official base-model options (64 px), as a fresh dict."""
-    return dict(
-        image_size=64, num_channels=192, num_res_blocks=3, channel_mult="", num_heads=1,
-        num_head_channels=64, num_heads_upsample=-1, attention_resolutions="32,16,8", dropout=0.1,
-        text_ctx=128, xf_width=512, xf_layers=16, xf_heads=8, xf_final_ln=True, xf_padding=True,
-        diffusion_steps=1000, noise_schedule="squaredcos_cap_v2", timestep_respacing="",
-        use_scale_shift_norm=True, resblock_updown=True, use_fp16=True, cache_text_emb=False,
-        inpaint=False, super_res=False,
-    )
+    return _official_options("base")
 
 
 def model_and_diffusion_defaults_upsampler() -> dict[str, Any]:
     """The official upsampler options (64 -> 256 px), as a fresh dict."""
-    return dict(model_and_diffusion_defaults(), image_size=256, num_res_blocks=2,
-                noise_schedule="linear", super_res=True)
+    return _official_options("upsample")
 
 
 def config_from_options(options: dict[str, Any]) -> Text2ImConfig:
@@ -63,8 +68,18 @@ def config_from_options(options: dict[str, Any]) -> Text2ImConfig:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown options {unknown}; the official options are {sorted(known)}")
-    fields = {k: v for k, v in options.items() if k not in (*_RUNTIME_KEYS, "timestep_respacing")}
-    return Text2ImConfig(**fields)
+    return Text2ImConfig(**{k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS})
+
+
+class CompatText2ImUNet(Text2ImUNet):
+    """:class:`glide.models.Text2ImUNet` plus the official model's ``convert_to_fp16`` and ``del_cache``."""
+
+    def convert_to_fp16(self) -> None:
+        """The official half-precision conversion: :meth:`convert_to_half` with float16."""
+        self.convert_to_half(torch.float16)
+
+    def del_cache(self) -> None:
+        """Official API: text features are never cached inside the model here, so nothing to drop."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,12 +87,13 @@ def config_from_options(options: dict[str, Any]) -> Text2ImConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def create_model_and_diffusion(**options: Any) -> tuple[Text2ImUNet, SpacedDiffusion]:
+def create_model_and_diffusion(**options: Any) -> tuple[CompatText2ImUNet, SpacedDiffusion]:
     """The official ``create_model_and_diffusion(**options)`` -> ``(model, diffusion)``.
 
-    ``model`` is a plain :class:`glide.models.Text2ImUNet` (the inpaint / super-res variant is
-    picked by ``options``), in float32. As in the official code, ``use_fp16`` does not convert
-    the weights: call ``model.convert_to_fp16()`` (the notebooks do, ``if has_cuda``).
+    ``model`` is a :class:`glide.models.Text2ImUNet` with the official ``convert_to_fp16`` and
+    ``del_cache`` methods (the inpaint / super-res variant is picked by ``options``), in float32.
+    As in the official code, ``use_fp16`` does not convert the weights: call
+    ``model.convert_to_fp16()`` (the notebooks do, ``if has_cuda``).
     ``cache_text_emb`` is accepted and has no effect (text features are recomputed per call,
     which gives the same numbers). ``diffusion`` is a :class:`SpacedDiffusion`.
     """
@@ -85,7 +101,7 @@ def create_model_and_diffusion(**options: Any) -> tuple[Text2ImUNet, SpacedDiffu
     if missing:
         raise TypeError(f"create_model_and_diffusion() missing options {missing}; "
                         "start from model_and_diffusion_defaults()")
-    model = Text2ImUNet(config_from_options(options))
+    model = CompatText2ImUNet(config_from_options(options))
     diffusion = create_gaussian_diffusion(
         steps=options["diffusion_steps"],
         noise_schedule=options["noise_schedule"],
@@ -336,7 +352,10 @@ class ClipModel:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.clip.config.to_dict().items() if k != "tokenizer"}
+        """The official ``clip/config.yaml`` keys (``beta_schedule``, ``n_timesteps``, ...)."""
+        official_name = {new: old for old, new in RENAMED_KEYS.items()}
+        return {official_name.get(k, k): v for k, v in self.clip.config.to_dict().items()
+                if k not in ("tokenizer", "model_type")}
 
     @property
     def image_encoder(self) -> nn.Module:

@@ -47,17 +47,16 @@ def meta_model(model_type: str, config: Any) -> nn.Module:
 
 
 def preset_model_type(name: str) -> str:
-    return name if name.startswith("clip-") else "text2im"
+    return PRESETS[name].model_type
 
 
 @functools.cache
 def _preset_shapes() -> dict[str, tuple[str, dict[str, tuple[int, ...]]]]:
     """Every preset's (model_type, {key: shape}), from models built on the meta device (cheap)."""
     out = {}
-    for name in PRESETS:
-        model_type = preset_model_type(name)
-        model = meta_model(model_type, preset_config(name))
-        out[name] = (model_type, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    for name, preset in PRESETS.items():
+        model = meta_model(preset.model_type, preset.config())
+        out[name] = (preset.model_type, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     return out
 
 

@@ -233,11 +233,9 @@ def plan_models(command: str, model: str, upsampler: str | None = None, clip: st
 
 def random_clip(image_size: int) -> nn.Module:
     """A tiny randomly initialised noised CLIP for ``image_size`` images (``--clip random``)."""
-    from ..models.clip import ClipConfig
+    from ..models import preset_config
 
-    config = ClipConfig(image_size=image_size, patch_size=8, n_embd=32, n_head_state_text=16, n_head_text=2,
-                        n_xf_blocks_text=1, n_head_state_image=16, n_head_image=2, n_xf_blocks_image=1)
-    return seeded_build("clip", config)
+    return seeded_build("clip", preset_config("tiny-clip", image_size=image_size))
 
 
 def load_for_role(spec: ModelSpec | str, role: str, *, inpaint: bool = False, device: str | torch.device = "cpu",

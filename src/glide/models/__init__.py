@@ -1,17 +1,20 @@
-"""Model zoo: config dataclasses, ``nn.Module``s, and the registry that rebuilds a model from its
-saved config dict (``{"model_type": ..., **fields}``)."""
+"""Model zoo: config dataclasses, ``nn.Module``s, the preset table, and the registry that rebuilds
+a model from its saved config dict (``{"model_type": ..., **fields}``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from .presets import PRESETS, preset_config
+from .config import ModelConfig
+from .presets import PRESETS, Preset, get_preset, preset_config, preset_names
 from .text2im import Text2ImConfig, Text2ImUNet, TextEmbedding
 
 
-def _registry() -> dict[str, tuple[type, Any]]:
+def _registry() -> dict[str, tuple[type[ModelConfig], type[nn.Module]]]:
+    """model_type -> (config class, model class)."""
     # Imported lazily so that importing glide.models stays cheap.
     from . import clip
     from .classifier import ClassifierConfig, NoisyClassifier
@@ -25,38 +28,35 @@ def _registry() -> dict[str, tuple[type, Any]]:
     }
 
 
-MODEL_TYPES = ("text2im", "clip-image-enc", "clip-text-enc", "clip", "classifier")
-
-
-def config_from_dict(d: dict[str, Any]):
-    """Rebuild a config dataclass from its ``to_dict()`` form (which carries ``model_type``)."""
-    model_type = d.get("model_type")
-    registry = _registry()
-    if model_type not in registry:
-        raise ValueError(f"config has unknown model_type {model_type!r}; known: {', '.join(registry)}")
-    config_cls, _ = registry[model_type]
-    return config_cls.from_dict({k: v for k, v in d.items() if k != "model_type"})
-
-
-def build_model(config, model_type: str | None = None) -> nn.Module:
-    """Instantiate a model from a config dataclass or a config dict (randomly initialised)."""
-    if isinstance(config, dict):
-        model_type = model_type or config.get("model_type")
-        config = config_from_dict({**config, "model_type": model_type})
-    model_type = model_type or getattr(config, "model_type", None)
+def _lookup(model_type: Any) -> tuple[type[ModelConfig], type[nn.Module]]:
     registry = _registry()
     if model_type not in registry:
         raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(registry)}")
-    return registry[model_type][1](config)
+    return registry[model_type]
 
 
-def build_preset(name: str, **overrides) -> nn.Module:
+def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+    """Rebuild a config dataclass from its ``to_dict()`` form (which carries ``model_type``)."""
+    config_cls, _ = _lookup(d.get("model_type"))
+    return config_cls.from_dict(d)
+
+
+def build_model(config: ModelConfig | Mapping[str, Any], model_type: str | None = None) -> nn.Module:
+    """A randomly initialised model from a config object or dict; ``model_type`` (optional) picks
+    another of the modules the config can describe (e.g. ``"clip"`` for a CLIP encoder's config)."""
+    if isinstance(config, Mapping):
+        config = config_from_dict({**config, **({"model_type": model_type} if model_type else {})})
+    elif model_type is not None and model_type != config.model_type:
+        config = config.replace(model_type=model_type)  # raises if the config class cannot describe it
+    return _lookup(config.model_type)[1](config)
+
+
+def build_preset(name: str, **overrides: Any) -> nn.Module:
     """A randomly initialised model of a named preset (see ``PRESETS``)."""
-    config = preset_config(name, **overrides)
-    return build_model(config, model_type=name if name.startswith("clip-") else None)
+    return build_model(preset_config(name, **overrides))
 
 
 __all__ = [
-    "MODEL_TYPES", "PRESETS", "Text2ImConfig", "Text2ImUNet", "TextEmbedding",
-    "build_model", "build_preset", "config_from_dict", "preset_config",
+    "PRESETS", "ModelConfig", "Preset", "Text2ImConfig", "Text2ImUNet", "TextEmbedding", "build_model",
+    "build_preset", "config_from_dict", "get_preset", "preset_config", "preset_names",
 ]

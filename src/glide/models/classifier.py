@@ -3,19 +3,18 @@ global average pooling, conditioned on the timestep (Dhariwal & Nichol 2021, "no
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .config import ModelConfig
 from .text2im import DEFAULT_CHANNEL_MULT, _parse_ints
 from .unet import UNetBackbone, normalization
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(ModelConfig):
     """A timestep-conditioned image classifier over ``num_classes`` labels."""
 
     num_classes: int = 10
@@ -31,29 +30,19 @@ class ClassifierConfig:
     resblock_updown: bool = True
     noise_schedule: str = "squaredcos_cap_v2"
     diffusion_steps: int = 1000
+    model_type: str = field(default="classifier", compare=False)
 
-    model_type = "classifier"
+    MODEL_TYPES = ("classifier",)
 
     def __post_init__(self):
+        super().__post_init__()
         self.channel_mult = _parse_ints(self.channel_mult) or DEFAULT_CHANNEL_MULT.get(self.image_size, ())
         self.attention_resolutions = _parse_ints(self.attention_resolutions)
         if not self.channel_mult:
             raise ValueError(f"pass channel_mult for image_size {self.image_size}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.update(channel_mult=list(self.channel_mult), attention_resolutions=list(self.attention_resolutions),
-                 model_type=self.model_type)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
-        d = {k: v for k, v in d.items() if k != "model_type"}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+    def describe(self) -> str:
+        return f"noisy-image classifier, {self.image_size} px, {self.num_channels} channels"
 
 
 class NoisyClassifier(UNetBackbone):

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import ModelConfig
 
 # Per-channel pixel statistics of the original CLIP, for pixels in [0, 255].
 CLIP_CHANNEL_MEANS = (122.77093945, 116.74601272, 104.09373519)
@@ -40,18 +41,22 @@ CLIP_CHANNEL_STDS = (68.50053285, 66.63215831, 70.32316309)
 
 
 @dataclass
-class ClipConfig:
-    """Noised-CLIP hyperparameters; field names are the keys of the official ``clip/config.yaml``.
+class ClipConfig(ModelConfig):
+    """Noised-CLIP hyperparameters; field names are the keys of the official ``clip/config.yaml``
+    but for ``noise_schedule`` / ``diffusion_steps`` (its ``beta_schedule`` / ``n_timesteps``,
+    which ``from_dict`` and ``from_file`` accept).
 
     Defaults are the official full-size model. ``n_state = n_head * n_head_state`` is each
-    transformer's width; ``n_embd`` is the joint embedding size. ``n_timesteps = 0`` gives an
+    transformer's width; ``n_embd`` is the joint embedding size. ``diffusion_steps = 0`` gives an
     ordinary (un-noised) CLIP image encoder with a single learned ``pred_state`` first token.
-    ``beta_schedule`` records the diffusion the model was trained for; it is not used here.
+    ``noise_schedule`` records the diffusion the model was trained for; it is not used here.
+    ``model_type`` says which module the config builds: the image encoder, the text encoder or
+    the pair (``clip``); each module sets it on the config it keeps.
     """
 
     logit_scale: float = 100.0
-    beta_schedule: str = "squaredcos_cap_v2"
-    n_timesteps: int = 1000
+    noise_schedule: str = "squaredcos_cap_v2"
+    diffusion_steps: int = 1000
     image_size: int = 64
     patch_size: int = 4
     n_vocab: int = 65536
@@ -64,15 +69,19 @@ class ClipConfig:
     n_head_image: int = 12
     n_xf_blocks_image: int = 12
     tokenizer: dict = field(default_factory=lambda: {"kind": "clip-bpe"})
+    model_type: str = field(default="clip", compare=False)
+
+    MODEL_TYPES = ("clip", "clip-image-enc", "clip-text-enc")
 
     def __post_init__(self) -> None:
-        positive = [f.name for f in fields(self) if f.type == "int" and f.name != "n_timesteps"]
+        super().__post_init__()
+        positive = [f.name for f in fields(self) if f.type == "int" and f.name != "diffusion_steps"]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ClipConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.n_timesteps, int) or self.n_timesteps < 0:
-            raise ValueError(f"ClipConfig.n_timesteps must be an integer >= 0, got {self.n_timesteps!r}")
+        if not isinstance(self.diffusion_steps, int) or self.diffusion_steps < 0:
+            raise ValueError(f"ClipConfig.diffusion_steps must be an integer >= 0, got {self.diffusion_steps!r}")
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"ClipConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
@@ -97,20 +106,15 @@ class ClipConfig:
         """Image sequence length: one timestep token plus one token per patch."""
         return 1 + (self.image_size // self.patch_size) ** 2
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_type(self, model_type: str) -> ClipConfig:
+        """This config for another of the three CLIP modules (the same config if it already is)."""
+        return self if self.model_type == model_type else self.replace(model_type=model_type)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ClipConfig:
-        """Build from a dict of config keys; a ``model_type`` key (checkpoint metadata) is ignored.
-
-        Unknown keys raise ``ValueError`` rather than being silently dropped.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"model_type"})
-        if unknown:
-            raise ValueError(f"unknown ClipConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def describe(self) -> str:
+        if self.model_type == "clip-text-enc":
+            return f"noised CLIP text encoder, {self.n_embd}-d embeddings"
+        what = "image encoder" if self.model_type == "clip-image-enc" else "image + text encoders"
+        return f"noised CLIP {what}, {self.image_size} px, {self.n_embd}-d embeddings"
 
     @classmethod
     def from_file(cls, path: str | Path) -> ClipConfig:
@@ -129,8 +133,10 @@ class ClipConfig:
 
 
 def official_clip_config() -> ClipConfig:
-    """The official noised CLIP (``clip_image_enc`` / ``clip_text_enc`` checkpoints)."""
-    return ClipConfig()
+    """The official noised CLIP pair (``clip_image_enc`` / ``clip_text_enc`` checkpoints): preset ``clip``."""
+    from .presets import preset_config
+
+    return preset_config("clip")
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,9 +266,9 @@ class ImageEmbedding(nn.Module):
     def __init__(self, config: ClipConfig):
         super().__init__()
         n_state, p = config.image_n_state, config.patch_size
-        self.image_size, self.patch_size, self.n_timesteps = config.image_size, p, config.n_timesteps
-        if self.n_timesteps > 0:
-            self.w_t = nn.Parameter(torch.empty(self.n_timesteps, n_state))
+        self.image_size, self.patch_size, self.diffusion_steps = config.image_size, p, config.diffusion_steps
+        if self.diffusion_steps > 0:
+            self.w_t = nn.Parameter(torch.empty(self.diffusion_steps, n_state))
             nn.init.normal_(self.w_t, std=1 / math.sqrt(n_state))
         else:
             self.pred_state = nn.Parameter(torch.empty(n_state))
@@ -287,7 +293,7 @@ class ImageEmbedding(nn.Module):
         h = (pixels - self.channel_means) / self.channel_stds
         h = F.conv2d(h.to(self.patch_proj.dtype), self.patch_proj, stride=self.patch_size)
         h = h.flatten(2).transpose(1, 2)  # [B, n_patch, n_state], patches in row-major order
-        if self.n_timesteps > 0:
+        if self.diffusion_steps > 0:
             first = F.embedding(t, self.w_t)[:, None]
         else:
             first = self.pred_state.expand(h.shape[0], 1, -1)
@@ -337,7 +343,7 @@ class ClipImageEncoder(nn.Module):
 
     def __init__(self, config: ClipConfig):
         super().__init__()
-        self.config = config
+        self.config = config.as_type("clip-image-enc")
         self.blocks = _transformer(ImageEmbedding(config), config, text=False)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
@@ -357,9 +363,9 @@ class ClipImageEncoder(nn.Module):
                 f"CLIP image encoder expects {s}x{s} images, got {x_t.shape[2]}x{x_t.shape[3]} "
                 "(the official noised CLIP does not resize; resize before calling it)"
             )
-        if self.config.n_timesteps == 0:
+        if self.config.diffusion_steps == 0:
             if t is not None:
-                raise ValueError("this CLIP image encoder has no timestep input (n_timesteps=0)")
+                raise ValueError("this CLIP image encoder has no timestep input (diffusion_steps=0)")
             return
         if t is None:
             raise ValueError("the noised CLIP image encoder needs timesteps t [B]")
@@ -378,7 +384,7 @@ class ClipTextEncoder(nn.Module):
 
     def __init__(self, config: ClipConfig):
         super().__init__()
-        self.config = config
+        self.config = config.as_type("clip-text-enc")
         self.blocks = _transformer(TextEmbedding(config), config, text=True)
 
     def forward(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -401,11 +407,6 @@ class ClipTextEncoder(nn.Module):
             raise ValueError(f"lens must lie in [1, {tokens.shape[1]}], got {lens.tolist()}")
 
 
-# Names used in docs/design.md.
-ImageEncoder = ClipImageEncoder
-TextEncoder = ClipTextEncoder
-
-
 # --------------------------------------------------------------------------------------------
 # The pair: embeddings and scores
 # --------------------------------------------------------------------------------------------
@@ -425,7 +426,7 @@ class NoisedClip(nn.Module):
 
     def __init__(self, config: ClipConfig | None = None):
         super().__init__()
-        self.config = config if config is not None else ClipConfig()
+        self.config = config.as_type("clip") if config is not None else ClipConfig()
         self.image_encoder = ClipImageEncoder(self.config)
         self.text_encoder = ClipTextEncoder(self.config)
         self.register_buffer("logit_scale", torch.empty((), dtype=torch.float32), persistent=False)
@@ -498,7 +499,7 @@ class NoisedClip(nn.Module):
         return (self.embed_image(images, t) * z_text).sum(dim=-1)
 
     def _timesteps(self, t: torch.Tensor | int, x_t: torch.Tensor) -> torch.Tensor | None:
-        if self.config.n_timesteps == 0:
+        if self.config.diffusion_steps == 0:
             return None if isinstance(t, int) and t == 0 else t
         if isinstance(t, int):
             return torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)

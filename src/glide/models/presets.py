@@ -1,10 +1,41 @@
-"""Named model presets: the official GLIDE (filtered) sizes, plus tiny ones for tests and demos."""
+"""Every named model preset, in one table: ``PRESETS[name] -> Preset(model_type, fields)``.
+
+The official GLIDE (filtered) sizes, the noised CLIP and noisy classifier sizes, and tiny
+versions of each for tests, demos and CPU experiments. Sampling (``random:NAME``), training
+(``glide train --model NAME``), ``glide models``, checkpoint diagnosis and the official-API
+defaults in ``glide.compat`` all read this table.
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from .text2im import Text2ImConfig
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: its ``model_type`` and the config fields that differ from the defaults."""
+
+    name: str
+    model_type: str
+    fields: Mapping[str, Any]
+
+    def config(self, **overrides: Any) -> ModelConfig:
+        """A fresh config of this preset with ``overrides`` applied (unknown keys raise ``ValueError``)."""
+        from . import config_from_dict
+
+        return config_from_dict({**copy.deepcopy(dict(self.fields)), **overrides, "model_type": self.model_type})
+
+    @property
+    def description(self) -> str:
+        """One line for listings, e.g. ``base, 64 px, 192 channels``."""
+        return self.config().describe()
+
 
 # The official options (glide_text2im.model_creation defaults); channel_mult is derived from size.
 _OFFICIAL_BASE = dict(
@@ -21,29 +52,50 @@ _TINY = dict(
     text_ctx=48, xf_width=32, xf_layers=1, xf_heads=2, dropout=0.0,
     n_vocab=257, tokenizer={"kind": "bytes"},  # no vocabulary download needed
 )
+_TINY_BASE = dict(_OFFICIAL_BASE, **_TINY, channel_mult=(1, 2, 2))
+_TINY_UPSAMPLE = dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=128, channel_mult=(1, 1, 2))
 
-TEXT2IM_PRESETS: dict[str, dict[str, Any]] = {
-    "base": _OFFICIAL_BASE,
-    "upsample": _OFFICIAL_UPSAMPLE,
-    "base-inpaint": dict(_OFFICIAL_BASE, inpaint=True),
-    "upsample-inpaint": dict(_OFFICIAL_UPSAMPLE, inpaint=True),
-    "tiny-base": dict(_OFFICIAL_BASE, **_TINY, channel_mult=(1, 2, 2)),
-    "tiny-upsample": dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=128, channel_mult=(1, 1, 2)),
-    "tiny-base-inpaint": dict(_OFFICIAL_BASE, **_TINY, channel_mult=(1, 2, 2), inpaint=True),
-    "tiny-upsample-inpaint": dict(_OFFICIAL_UPSAMPLE, **_TINY, image_size=128, channel_mult=(1, 1, 2), inpaint=True),
+_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("text2im", _OFFICIAL_BASE),
+    "upsample": ("text2im", _OFFICIAL_UPSAMPLE),
+    "base-inpaint": ("text2im", dict(_OFFICIAL_BASE, inpaint=True)),
+    "upsample-inpaint": ("text2im", dict(_OFFICIAL_UPSAMPLE, inpaint=True)),
+    # ClipConfig's defaults are the official noised CLIP (clip/config.yaml).
+    "clip-image-enc": ("clip-image-enc", {}),
+    "clip-text-enc": ("clip-text-enc", {}),
+    "clip": ("clip", {}),
+    "classifier": ("classifier", dict(image_size=64, num_channels=128, num_res_blocks=2,
+                                      attention_resolutions=(32, 16, 8), num_head_channels=64)),
+    "tiny-base": ("text2im", _TINY_BASE),
+    "tiny-upsample": ("text2im", _TINY_UPSAMPLE),
+    "tiny-base-inpaint": ("text2im", dict(_TINY_BASE, inpaint=True)),
+    "tiny-upsample-inpaint": ("text2im", dict(_TINY_UPSAMPLE, inpaint=True)),
+    # The CLIP BPE's 49408 tokens; `glide sample --clip random` resizes it to the base model's size.
+    "tiny-clip": ("clip", dict(image_size=32, patch_size=4, n_embd=64, n_head_state_text=16, n_head_text=2,
+                               n_xf_blocks_text=2, n_head_state_image=16, n_head_image=2, n_xf_blocks_image=2,
+                               n_vocab=49408)),
+    "tiny-classifier": ("classifier", dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
+                                           attention_resolutions=(16, 8), num_head_channels=16)),
 }
 
-CLIP_PRESETS = ("clip-image-enc", "clip-text-enc")
-PRESETS = tuple(TEXT2IM_PRESETS) + CLIP_PRESETS
+PRESETS: Mapping[str, Preset] = MappingProxyType({
+    name: Preset(name, model_type, MappingProxyType(fields)) for name, (model_type, fields) in _TABLE.items()
+})
 
 
-def preset_config(name: str, **overrides):
-    """The config of a named preset (``base``, ``upsample``, ``clip-image-enc``, ``tiny-base``, ...)."""
-    if name in TEXT2IM_PRESETS:
-        return Text2ImConfig(**{**TEXT2IM_PRESETS[name], **overrides})
-    if name in CLIP_PRESETS:
-        from .clip import official_clip_config
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
 
-        config = official_clip_config()
-        return config.replace(**overrides) if overrides else config
-    raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of a named preset (``base``, ``tiny-base``, ``clip-image-enc``, ``tiny-classifier``, ...)."""
+    return get_preset(name).config(**overrides)
+
+
+def preset_names(*model_types: str) -> list[str]:
+    """The preset names, in table order; only those of ``model_types`` when given (e.g. ``"text2im"``)."""
+    return [name for name, p in PRESETS.items() if not model_types or p.model_type in model_types]

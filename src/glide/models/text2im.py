@@ -7,7 +7,6 @@ Parameter names equal the official release, so its checkpoints load with ``stric
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from .config import ModelConfig
 from .unet import LayerNorm, UNetBackbone, attention
 
 # Default channel multipliers by resolution, as in the official create_model.
@@ -35,7 +35,7 @@ def _parse_ints(value) -> tuple[int, ...]:
 
 
 @dataclass
-class Text2ImConfig:
+class Text2ImConfig(ModelConfig):
     """Everything needed to rebuild a text-conditional U-Net and the diffusion it was trained with.
 
     Field names follow the official ``model_and_diffusion_defaults`` options; ``channel_mult`` and
@@ -66,10 +66,12 @@ class Text2ImConfig:
     noise_schedule: str = "squaredcos_cap_v2"
     diffusion_steps: int = 1000
     tokenizer: dict[str, Any] = field(default_factory=lambda: {"kind": "glide-bpe"})
+    model_type: str = field(default="text2im", compare=False)
 
-    model_type = "text2im"
+    MODEL_TYPES = ("text2im",)
 
     def __post_init__(self):
+        super().__post_init__()
         self.channel_mult = _parse_ints(self.channel_mult)
         self.attention_resolutions = _parse_ints(self.attention_resolutions)
         if not self.channel_mult:
@@ -102,25 +104,9 @@ class Text2ImConfig:
     def attention_ds(self) -> tuple[int, ...]:
         return tuple(self.image_size // r for r in self.attention_resolutions)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        d["model_type"] = self.model_type
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Text2ImConfig:
-        d = dict(d)
-        d.pop("model_type", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown Text2ImConfig keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> Text2ImConfig:
-        return dataclasses.replace(self, **changes)
+    def describe(self) -> str:
+        kind = ("upsampler" if self.super_res else "base") + (", inpainting" if self.inpaint else "")
+        return f"{kind}, {self.image_size} px, {self.num_channels} channels"
 
 
 class TextEmbedding(NamedTuple):
@@ -261,9 +247,6 @@ class Text2ImUNet(UNetBackbone):
             self.token_embedding.to(dtype)
             self.transformer_proj.to(dtype)
 
-    def convert_to_fp16(self) -> None:
-        self.convert_to_half(torch.float16)
-
     # -- forward -----------------------------------------------------------------------------
     def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> TextEmbedding:
         """tokens: LongTensor [B, text_ctx]; mask: BoolTensor [B, text_ctx] (True = real token)."""
@@ -327,9 +310,6 @@ class Text2ImUNet(UNetBackbone):
             encoder_out = text.xf_out.to(self.dtype)
         h, hs = self.run_encoder(h, emb, encoder_out)
         return self.run_decoder(h, hs, emb, encoder_out, out_dtype=x.dtype)
-
-    def del_cache(self) -> None:
-        """Official API: text features are never cached inside the model here, so nothing to drop."""
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Activation checkpointing in the text transformer and every U-Net block (training)."""

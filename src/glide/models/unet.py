@@ -32,10 +32,6 @@ def set_attention_backend(name: str) -> None:
     _attention_backend = name
 
 
-def get_attention_backend() -> str:
-    return _attention_backend
-
-
 @contextmanager
 def attention_backend(name: str):
     """Temporarily switch the attention kernel (``with attention_backend("einsum"): ...``)."""

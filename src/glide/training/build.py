@@ -14,48 +14,27 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, config_dict_of, load_model, load_weights, read_checkpoint
 from ..models import build_model, config_from_dict
-from ..models.presets import TEXT2IM_PRESETS, preset_config
+from ..models.presets import get_preset, preset_names
 from .config import ConfigError, TrainConfig
 from .distributed import Distributed
 
 logger = logging.getLogger("glide.training")
 
-# Presets of the models only the trainer creates from scratch: (model_type, config fields).
-TRAIN_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "clip": ("clip", {}),  # the official noised CLIP size
-    "tiny-clip": ("clip", dict(image_size=32, patch_size=4, n_embd=64, n_head_state_text=16, n_head_text=2,
-                               n_xf_blocks_text=2, n_head_state_image=16, n_head_image=2, n_xf_blocks_image=2,
-                               n_vocab=49408)),
-    "classifier": ("classifier", dict(image_size=64, num_channels=128, num_res_blocks=2,
-                                      attention_resolutions=(32, 16, 8), num_head_channels=64)),
-    "tiny-classifier": ("classifier", dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
-                                           attention_resolutions=(16, 8), num_head_channels=16)),
-}
 # Parameters of the text side of a Text2ImUNet (what --train text trains and --train unet freezes).
 TEXT_PARAMS = ("transformer.", "final_ln.", "token_embedding.", "positional_embedding", "padding_embedding",
                "transformer_proj.")
 
 
-def preset_names() -> list[str]:
-    return [*TEXT2IM_PRESETS, *TRAIN_PRESETS]
-
-
 def new_model_config(cfg: TrainConfig) -> tuple[str, Any]:
     """(model_type, config) of a from-scratch model: the preset plus overrides and size flags."""
     name, overrides = cfg.model_name, cfg.size_overrides()
+    if name not in preset_names():
+        raise ConfigError(f"unknown --model {name!r}; presets: {', '.join(preset_names())}")
+    preset = get_preset(name)
     try:
-        if name in TEXT2IM_PRESETS:
-            return "text2im", preset_config(name, **overrides)
-        if name in TRAIN_PRESETS:
-            model_type, fields = TRAIN_PRESETS[name]
-            return model_type, build_config(model_type, {**fields, **overrides})
+        return preset.model_type, preset.config(**overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {name!r} with overrides {overrides}: {exc}") from None
-    raise ConfigError(f"unknown --model {name!r}; presets: {', '.join(preset_names())}")
-
-
-def build_config(model_type: str, fields: dict[str, Any]):
-    return config_from_dict({**fields, "model_type": model_type})
 
 
 def finish_new_config(cfg: TrainConfig, model_type: str, config: Any, dataset, env: Distributed) -> Any:
@@ -78,7 +57,7 @@ def finish_new_config(cfg: TrainConfig, model_type: str, config: Any, dataset, e
         classes = count_classes(dataset)
         if classes is None:
             raise ConfigError("cannot tell how many classes the data has: pass --model-overrides num_classes=N")
-        config.num_classes = classes
+        config = config.replace(num_classes=classes)
     return config
 
 

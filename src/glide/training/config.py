@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 TRAINABLE = ("all", "unet", "text")
 
-# The preset a stage trains when --model is not given.
+# The preset (of glide.models.PRESETS) a stage trains when --model is not given.
 DEFAULT_MODEL = {
     "base": "base",
     "upsample": "upsample",
@@ -75,8 +75,8 @@ class TrainConfig:
 
     # -- model -------------------------------------------------------------------------------
     model: str | None = field(default=None, metadata=_help(
-        "model preset (base, upsample, base-inpaint, upsample-inpaint, tiny-*, clip, tiny-clip, classifier, "
-        "tiny-classifier); default: the stage's official preset"))
+        "model preset, e.g. tiny-base, tiny-clip, tiny-classifier (`glide models` lists them all); "
+        "default: the stage's official preset"))
     model_overrides: dict[str, Any] = field(default_factory=dict, metadata=_help(
         "model config fields to change, e.g. 'num_channels=64,channel_mult=1,2,2' or a YAML mapping"))
     image_size: int | None = field(default=None, metadata=_help("model (and training image) resolution"))

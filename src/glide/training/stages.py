@@ -201,11 +201,11 @@ class ClipStage(Stage):
 
         if not isinstance(bare, NoisedClip):
             raise ConfigError(f"stage 'clip' trains a NoisedClip (presets clip, tiny-clip), got {type(bare).__name__}")
-        if bare.config.n_timesteps < 1:
-            raise ConfigError("stage 'clip' trains a *noised* CLIP: the model config needs n_timesteps >= 1")
+        if bare.config.diffusion_steps < 1:
+            raise ConfigError("stage 'clip' trains a *noised* CLIP: the model config needs diffusion_steps >= 1")
 
     def make_diffusion(self, bare: nn.Module) -> GaussianDiffusion:
-        return GaussianDiffusion.from_schedule(bare.config.beta_schedule, bare.config.n_timesteps)
+        return GaussianDiffusion.from_schedule(bare.config.noise_schedule, bare.config.diffusion_steps)
 
     def loss(self, model, bare, batch, seeds, autocast=nullcontext):
         device = bare.logit_scale.device
