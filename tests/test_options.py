@@ -157,7 +157,7 @@ def test_strength_out_of_range(models, no_sampling, strength):
 
 @pytest.mark.parametrize("rerank", [0, 2.5])
 def test_rerank_must_be_a_count(models, no_sampling, rerank):
-    from .test_guided_sampling import load_fixture_clip
+    from .helpers import load_fixture_clip
 
     with pytest.raises(ValueError, match="rerank"):
         Text2ImagePipeline(models[0], None, load_fixture_clip())("x", rerank=rerank)

@@ -34,7 +34,7 @@ from glide.training import TrainConfig
 from glide.training.build import new_model_config
 from glide.training.config import DEFAULT_MODEL, STAGES, ConfigError
 
-from .conftest import load_json
+from .helpers import load_json
 
 MODEL_CLASSES = {"text2im": "Text2ImUNet", "clip": "NoisedClip", "clip-image-enc": "ClipImageEncoder",
                  "clip-text-enc": "ClipTextEncoder", "classifier": "NoisyClassifier"}
