@@ -14,38 +14,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .bounds import check_number
 from .sampling._common import CondFn, Denoiser
 
 Tensor = torch.Tensor
 
 
-def check_number(value: float, name: str, *, low: float = 0.0, high: float = math.inf,
-                 low_open: bool = False) -> float:
-    """``value`` as a float, or a ValueError naming ``name`` when it is not a finite number in
-    ``[low, high]`` (``(low, high]`` with ``low_open``). The one rule for every numeric option."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    above_low = number > low if low_open else number >= low
-    if not (math.isfinite(number) and above_low and number <= high):  # NaN fails every comparison
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else (
-            f"> {low:g}" if low_open else f">= {low:g}")
-        raise ValueError(f"{name} must be a finite number {'in ' if math.isfinite(high) else ''}{interval}, "
-                         f"got {value!r}")
-    return number
-
-
 def check_guidance_scale(guidance_scale: float, name: str = "guidance_scale") -> float:
     """A classifier-free guidance scale: finite and >= 0 (1 = the conditional model alone)."""
-    return check_number(guidance_scale, name)
+    return float(check_number(name, guidance_scale, low=0))
 
 
 def empty_prompt_tokens(model: nn.Module, batch: int, device=None) -> tuple[Tensor, Tensor]:
@@ -115,7 +98,7 @@ def clip_cond_fn_from_tokens(clip_model: nn.Module, tokens: Tensor, lens: Tensor
     """
     from .models.clip import check_pairing
 
-    grad_scale = check_number(grad_scale, "CLIP guidance scale")
+    grad_scale = check_number("CLIP guidance scale", grad_scale, low=0)
     if grad_scale == 0:
         return None
     with torch.no_grad():
@@ -139,7 +122,7 @@ def classifier_cond_fn(classifier: Callable[[Tensor, Tensor], Tensor], labels: T
     classifier(x_t, t) -> logits [N, classes]; labels: LongTensor [N] (or [1] for all).
     Scale 0 returns None: no guidance, exactly as if no cond_fn were given.
     """
-    scale = check_number(scale, "classifier guidance scale")
+    scale = check_number("classifier guidance scale", scale, low=0)
     if scale == 0:
         return None
 
@@ -177,7 +160,7 @@ class ClipGuidance:
     scale: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", check_number(self.scale, "CLIP guidance scale"))
+        object.__setattr__(self, "scale", check_number("CLIP guidance scale", self.scale, low=0))
 
     def bind(self, prompts: Sequence[str]) -> CondFn | None:
         return clip_cond_fn(self.clip, prompts, self.scale)
@@ -195,7 +178,7 @@ class ClassifierGuidance:
     scale: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", check_number(self.scale, "classifier guidance scale"))
+        object.__setattr__(self, "scale", check_number("classifier guidance scale", self.scale, low=0))
         classes = getattr(getattr(self.classifier, "config", None), "num_classes", None)
         if isinstance(self.label, bool) or not isinstance(self.label, int) or self.label < 0 or (
                 classes is not None and self.label >= classes):

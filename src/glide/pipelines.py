@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .bounds import check_number
 from .diffusion import GaussianDiffusion, space_timesteps
-from .guidance import bind_cond_fns, check_guidance_scale, check_number, text2im_denoiser
+from .guidance import bind_cond_fns, check_guidance_scale, text2im_denoiser
 from .images import image_grid, load_mask, load_rgb, tensor_to_image
 from .sampling import check_sampler, sample
 
@@ -172,7 +173,7 @@ def _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, u
     if guidance_scale is not None:
         base = dataclasses.replace(base, guidance_scale=guidance_scale)
     upsample = _check_stage(upsample, "upsample", allow_false=True)
-    upsample_temp = check_number(upsample_temp, "upsample_temp")
+    upsample_temp = check_number("upsample_temp", upsample_temp, low=0)
     return _Call(prompts, base, upsample, upsample_temp, _generator(seed, generator))
 
 
@@ -436,7 +437,7 @@ class ImageToImagePipeline(Text2ImagePipeline):
         progress: bool = True,
         callback=None,
     ) -> PipelineOutput:
-        strength = check_number(strength, "strength", low=0.0, high=1.0, low_open=True)
+        strength = check_number("strength", strength, low=0.0, high=1.0, low_open=True)
         call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
                            generator)
         n = len(call.prompts)
