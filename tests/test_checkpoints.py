@@ -184,6 +184,29 @@ def test_save_model_writes_only_safetensors(tmp_path, tiny_base):
         ck.save_model(tiny_base, tmp_path / "m.pt")
 
 
+def test_save_model_refuses_a_module_without_a_glide_config(tmp_path):
+    with pytest.raises(CheckpointError, match="Linear is not a glide model"):
+        ck.save_model(torch.nn.Linear(2, 2), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_official_registry_model_types_come_from_the_preset_table():
+    types = {name: c.model_type for name, c in ck.OFFICIAL_CHECKPOINTS.items()}
+    assert types == {"base": "text2im", "upsample": "text2im", "base-inpaint": "text2im",
+                     "upsample-inpaint": "text2im", "clip-image-enc": "clip-image-enc",
+                     "clip-text-enc": "clip-text-enc"}
+
+
+def test_clip_config_object_takes_the_type_of_the_half_it_loads(tmp_path):
+    from glide.models.clip import ClipTextEncoder
+
+    config = _tiny_clip_config()
+    text = ClipTextEncoder(config)
+    torch.save(text.state_dict(), tmp_path / "text.pt")
+    loaded = ck.load_model(tmp_path / "text.pt", config=config)  # config.model_type is "clip"
+    assert isinstance(loaded, ClipTextEncoder) and loaded.config.model_type == "clip-text-enc"
+
+
 # --------------------------------------------------------------------------------------------
 # Folders: model / EMA files and training runs
 # --------------------------------------------------------------------------------------------
@@ -340,12 +363,12 @@ def test_official_name_resolution_uses_registry_preset(cache, tiny_base, tiny_of
 
 
 def test_guess_config_of_official_size_state_on_meta():
-    state = meta_model("text2im", preset_config("upsample-inpaint")).state_dict()
+    state = meta_model(preset_config("upsample-inpaint")).state_dict()
     assert sum(v.numel() for v in state.values()) > 300_000_000  # official size, no memory
-    model_type, config = guess_config(state, Path("x.pt"))
-    assert model_type == "text2im" and config == preset_config("upsample-inpaint")
-    clip_text = meta_model("clip-text-enc", preset_config("clip-text-enc")).state_dict()
-    assert guess_config(clip_text, Path("x.pt"))[0] == "clip-text-enc"
+    config = guess_config(state, Path("x.pt"))
+    assert config.model_type == "text2im" and config == preset_config("upsample-inpaint")
+    clip_text = meta_model(preset_config("clip-text-enc")).state_dict()
+    assert guess_config(clip_text, Path("x.pt")).model_type == "clip-text-enc"
 
 
 def test_bare_pt_of_unknown_size_asks_for_a_config(tmp_path):

@@ -189,15 +189,15 @@ def test_compat_clip_config_uses_the_official_key_names():
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_training_default_models_are_presets_of_the_right_type(stage):
-    model_type, config = new_model_config(TrainConfig(stage=stage))
-    assert model_type == PRESETS[DEFAULT_MODEL[stage]].model_type == config.model_type
+    config = new_model_config(TrainConfig(stage=stage))
+    assert config.model_type == PRESETS[DEFAULT_MODEL[stage]].model_type
     assert config == preset_config(DEFAULT_MODEL[stage])
 
 
 @pytest.mark.parametrize("name", TRAINING_ONLY)
 def test_training_reads_the_training_presets_from_the_table(name):
-    model_type, config = new_model_config(TrainConfig(model=name, num_channels=64 if "class" in name else None))
-    assert model_type == PRESETS[name].model_type
+    config = new_model_config(TrainConfig(model=name, num_channels=64 if "class" in name else None))
+    assert config.model_type == PRESETS[name].model_type
     assert isinstance(config, ClipConfig if "clip" in name else ClassifierConfig)
     if "class" in name:
         assert config.num_channels == 64

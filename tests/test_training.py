@@ -49,7 +49,7 @@ def test_each_stage_lowers_the_loss(stage, tmp_path):
     checkpoint = list_step_dirs(run)[-1]
     trained = load_model(checkpoint, weights="model")
     config = read_checkpoint(checkpoint / "model.safetensors")[1]
-    initial = create_model(config["model_type"], config_from_dict(config), cfg.seed)
+    initial = create_model(config_from_dict(config), cfg.seed)
     dataset = build_dataset(cfg.data, trained.config.image_size)
     batch = collate([dataset[i] for i in range(len(dataset))])
     stage_ = make_stage(cfg, trained)

@@ -16,10 +16,8 @@ from __future__ import annotations
 from ..errors import CheckpointError, SpecError
 from .files import (
     CONFIG_KEY,
-    config_dict_of,
     latest_step_dir,
     list_step_dirs,
-    model_type_of,
     read_checkpoint,
     save_model,
     save_state_dict,
@@ -46,9 +44,9 @@ from .specs import ModelSpec, load_for_role, load_pipeline_models, parse_spec, p
 
 __all__ = [
     "CONFIG_KEY", "OFFICIAL_CHECKPOINTS", "CheckpointError", "ModelSpec", "OfficialCheckpoint", "SpecError",
-    "checkpoint_config", "checkpoint_dir", "config_dict_of", "convert_checkpoint", "describe_mismatch",
+    "checkpoint_config", "checkpoint_dir", "convert_checkpoint", "describe_mismatch",
     "download_official", "is_random", "latest_step_dir", "list_step_dirs", "load_clip", "load_for_role", "load_model",
-    "load_pipeline_models", "load_weights", "model_type_of", "official_checkpoint", "official_path",
+    "load_pipeline_models", "load_weights", "official_checkpoint", "official_path",
     "official_status", "parse_spec", "plan_models", "read_checkpoint", "resolve_pair", "resolve_weights_file",
     "save_model", "save_state_dict",
 ]

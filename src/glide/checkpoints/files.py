@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.config import ModelConfig
 
 CONFIG_KEY = "glide_config"
 FORMAT_KEY = "glide_format"
@@ -183,26 +184,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def model_type_of(model: nn.Module) -> str:
-    """The registry ``model_type`` of a glide model (``text2im``, ``clip``, ``classifier``, ...)."""
-    from ..models import _registry
-
-    model = unwrap(model)
-    for model_type, (_, cls) in _registry().items():
-        if type(model) is cls:
-            return model_type
-    for model_type, (_, cls) in _registry().items():
-        if isinstance(model, cls):
-            return model_type
-    raise CheckpointError(f"{type(model).__name__} is not a glide model class; cannot store its config")
-
-
-def config_dict_of(model: nn.Module) -> dict[str, Any]:
-    """``model.config`` as the dict checkpoints store (with ``model_type``)."""
-    model = unwrap(model)
-    return {**model.config.to_dict(), "model_type": model_type_of(model)}
-
-
 def save_model(
     model: nn.Module,
     path: str | Path,
@@ -216,8 +197,10 @@ def save_model(
     intact if anything fails). ``metadata``: extra string entries for the file header.
     """
     model = unwrap(model)
+    if not isinstance(getattr(model, "config", None), ModelConfig):
+        raise CheckpointError(f"{type(model).__name__} is not a glide model (no ModelConfig); cannot store its config")
     state = state_dict if state_dict is not None else model.state_dict()
-    return save_state_dict(state, config_dict_of(model), path, metadata=metadata)
+    return save_state_dict(state, model.config.to_dict(), path, metadata=metadata)
 
 
 def _umask_mode() -> int:

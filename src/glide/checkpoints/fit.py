@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models import PRESETS, build_model, preset_config
+from ..models import PRESETS, ModelConfig, build_model, preset_config
 from .registry import OFFICIAL_CHECKPOINTS, OfficialCheckpoint
 
 _RANDOM_INITS = (torch.Tensor.normal_, torch.Tensor.uniform_, nn.init.normal_, nn.init.uniform_,
@@ -40,14 +39,10 @@ class _SkipMetaInit(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def meta_model(model_type: str, config: Any) -> nn.Module:
+def meta_model(config: ModelConfig) -> nn.Module:
     """The model with every tensor on the meta device: no memory, no init; for shapes and loading."""
     with torch.device("meta"), _SkipMetaInit():
-        return build_model(config, model_type=model_type)
-
-
-def preset_model_type(name: str) -> str:
-    return PRESETS[name].model_type
+        return build_model(config)
 
 
 @functools.cache
@@ -55,7 +50,7 @@ def _preset_shapes() -> dict[str, tuple[str, dict[str, tuple[int, ...]]]]:
     """Every preset's (model_type, {key: shape}), from models built on the meta device (cheap)."""
     out = {}
     for name, preset in PRESETS.items():
-        model = meta_model(preset.model_type, preset.config())
+        model = meta_model(preset.config())
         out[name] = (preset.model_type, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     return out
 
@@ -125,11 +120,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def official_config(ckpt: OfficialCheckpoint) -> tuple[str, Any]:
-    return ckpt.model_type, preset_config(ckpt.preset)
+def official_config(ckpt: OfficialCheckpoint) -> ModelConfig:
+    return preset_config(ckpt.preset)
 
 
-def guess_config(state: dict[str, torch.Tensor], path: Path) -> tuple[str, Any]:
+def guess_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
     """For a file with no glide config: the official model whose keys and shapes it has exactly."""
     for ckpt in OFFICIAL_CHECKPOINTS.values():
         _, shapes = _preset_shapes()[ckpt.preset]

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, SpecError
-from ..models import PRESETS, build_model, config_from_dict, preset_config
+from ..models import PRESETS, ModelConfig, build_model, config_from_dict, preset_config
 from . import files
-from .fit import check_fits, guess_config, materialize, meta_model, official_config, preset_model_type
+from .fit import check_fits, guess_config, materialize, meta_model, official_config
 from .registry import (
     CLIP_HALVES,
     CLIP_PAIR,
@@ -107,16 +107,14 @@ def checkpoint_config(name_or_path: str | Path, *, weights: str = "ema", cache_d
     """
     preset = random_preset(name_or_path)
     if preset is not None:
-        return {**preset_config(preset).to_dict(), "model_type": preset_model_type(preset)}
+        return preset_config(preset).to_dict()
     key = official_key(str(name_or_path))
     if key is not None and missing_official(name_or_path, cache_dir):
-        model_type, config_obj = official_config(OFFICIAL_CHECKPOINTS[key])
-        return {**config_obj.to_dict(), "model_type": model_type}
+        return official_config(OFFICIAL_CHECKPOINTS[key]).to_dict()
     path, official = _resolve(name_or_path, weights, cache_dir)
     config = files.read_file_config(path)
     if config is None and official is not None:
-        model_type, config_obj = official_config(official)
-        config = {**config_obj.to_dict(), "model_type": model_type}
+        config = official_config(official).to_dict()
     return config
 
 
@@ -126,32 +124,32 @@ def _clip_type_from_keys(state: dict[str, torch.Tensor]) -> str:
     return "clip-text-enc" if "blocks.input.w_voc" in state else "clip-image-enc"
 
 
-def _explicit_config(config: Any, state: dict[str, torch.Tensor], file_config: dict | None) -> tuple[str, Any]:
+def _explicit_config(config: Any, state: dict[str, torch.Tensor], file_config: dict | None) -> ModelConfig:
     """``config=`` given to a loader: a preset name, a config dict with model_type, or a config object."""
     from ..models.clip import ClipConfig
 
     if isinstance(config, str):
-        return preset_model_type(config), preset_config(config)
+        return preset_config(config)
     if isinstance(config, dict):
         if "model_type" not in config:
             raise CheckpointError("a config dict passed as config= needs a 'model_type' key")
-        return config["model_type"], config_from_dict(config)
+        return config_from_dict(config)
     if isinstance(config, ClipConfig):  # one config class for the two encoders and the pair
         if file_config is not None and file_config["model_type"].startswith("clip"):
-            return file_config["model_type"], config
-        return _clip_type_from_keys(state), config
-    model_type = getattr(config, "model_type", None)
-    if model_type is None:
-        raise CheckpointError(f"cannot tell the model type of config {type(config).__name__}")
-    return model_type, config
+            return config.as_type(file_config["model_type"])
+        return config.as_type(_clip_type_from_keys(state))
+    if not isinstance(config, ModelConfig):
+        raise CheckpointError(f"config= must be a preset name, a config dict or a ModelConfig, "
+                              f"not {type(config).__name__}")
+    return config
 
 
-def _config_for(state, file_config, official, path, config=None) -> tuple[str, Any]:
+def _config_for(state, file_config, official, path, config=None) -> ModelConfig:
     if config is not None:
         return _explicit_config(config, state, file_config)
     if file_config is not None:
         try:
-            return file_config["model_type"], config_from_dict(file_config)
+            return config_from_dict(file_config)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: the stored config cannot be rebuilt: {e}") from e
     if official is not None:
@@ -188,11 +186,11 @@ def is_random(model: nn.Module) -> bool:
     return bool(getattr(model, "random_weights", False))
 
 
-def seeded_build(model_type: str, config: Any) -> nn.Module:
+def seeded_build(config: ModelConfig) -> nn.Module:
     """A randomly initialised model, the same weights every time (seed 0, global RNG state restored)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return mark_random(build_model(config, model_type=model_type))
+        return mark_random(build_model(config))
 
 
 def load_model(
@@ -218,13 +216,12 @@ def load_model(
         return load_clip(device=device, dtype=dtype, cache_dir=cache_dir, download=download)
     preset = random_preset(name_or_path)
     if preset is not None:
-        return _finish(seeded_build(preset_model_type(preset), preset_config(preset)), device, dtype)
+        return _finish(seeded_build(preset_config(preset)), device, dtype)
     if download and (key := missing_official(name_or_path, cache_dir)):
         download_official(key, cache_dir)
     path, official = _resolve(name_or_path, weights, cache_dir)
     state, file_config = files.read_checkpoint(path)
-    model_type, config_obj = _config_for(state, file_config, official, path, config)
-    model = meta_model(model_type, config_obj)
+    model = meta_model(_config_for(state, file_config, official, path, config))
     what = f"the official {official.name!r} checkpoint {path}" if official else f"checkpoint {path}"
     check_fits(model, state, what)
     return _finish(materialize(model, state, what), device, dtype)
@@ -274,7 +271,7 @@ def load_clip(
                 f"{path} is a {file_config['model_type']!r} checkpoint, but the {arg} needs a {wanted!r} one"
             )
     clip_config = _clip_config(config, image_config, text_config, image_path, text_path)
-    model = meta_model("clip", clip_config)
+    model = meta_model(clip_config.as_type("clip"))
     for arg, (path, state, _, wanted) in halves.items():
         check_fits(getattr(model, arg), state, f"{path} (given as the {wanted} half)")
     state = {f"{arg}.{k}": v for arg, (_, half_state, _, _) in halves.items() for k, v in half_state.items()}
@@ -324,7 +321,6 @@ def convert_checkpoint(
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst} already exists; pass overwrite=True (glide convert --force) to replace it")
     state, file_config = files.read_checkpoint(path)
-    model_type, config_obj = _config_for(state, file_config, official, path, config)
-    check_fits(meta_model(model_type, config_obj), state, f"checkpoint {path}")
-    config_dict = {**config_obj.to_dict(), "model_type": model_type}
-    return files.save_state_dict(state, config_dict, dst, metadata={"glide_converted_from": path.name})
+    config_obj = _config_for(state, file_config, official, path, config)
+    check_fits(meta_model(config_obj), state, f"checkpoint {path}")
+    return files.save_state_dict(state, config_obj.to_dict(), dst, metadata={"glide_converted_from": path.name})

@@ -20,24 +20,30 @@ class OfficialCheckpoint:
     name: str
     url: str
     preset: str
-    model_type: str
     sha256: str | None = None  # OpenAI publishes no checksums; set one to have downloads verified
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def model_type(self) -> str:
+        """The preset's model type (``text2im``, ``clip-image-enc``, ``clip-text-enc``)."""
+        from ..models.presets import PRESETS  # lazily: the registry is read without torch
+
+        return PRESETS[self.preset].model_type
+
 
 _BLOB = "https://openaipublic.blob.core.windows.net/diffusion/dec-2021"
 OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
     c.name: c
     for c in [
-        OfficialCheckpoint("base", f"{_BLOB}/base.pt", "base", "text2im"),
-        OfficialCheckpoint("upsample", f"{_BLOB}/upsample.pt", "upsample", "text2im"),
-        OfficialCheckpoint("base-inpaint", f"{_BLOB}/base_inpaint.pt", "base-inpaint", "text2im"),
-        OfficialCheckpoint("upsample-inpaint", f"{_BLOB}/upsample_inpaint.pt", "upsample-inpaint", "text2im"),
-        OfficialCheckpoint("clip-image-enc", f"{_BLOB}/clip_image_enc.pt", "clip-image-enc", "clip-image-enc"),
-        OfficialCheckpoint("clip-text-enc", f"{_BLOB}/clip_text_enc.pt", "clip-text-enc", "clip-text-enc"),
+        OfficialCheckpoint("base", f"{_BLOB}/base.pt", "base"),
+        OfficialCheckpoint("upsample", f"{_BLOB}/upsample.pt", "upsample"),
+        OfficialCheckpoint("base-inpaint", f"{_BLOB}/base_inpaint.pt", "base-inpaint"),
+        OfficialCheckpoint("upsample-inpaint", f"{_BLOB}/upsample_inpaint.pt", "upsample-inpaint"),
+        OfficialCheckpoint("clip-image-enc", f"{_BLOB}/clip_image_enc.pt", "clip-image-enc"),
+        OfficialCheckpoint("clip-text-enc", f"{_BLOB}/clip_text_enc.pt", "clip-text-enc"),
     ]
 }
 # Names the official code uses (``load_checkpoint("clip/image-enc")``, file stems).

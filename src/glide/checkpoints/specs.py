@@ -24,7 +24,6 @@ from torch import nn
 
 from ..errors import CheckpointError, SpecError
 from ..models import PRESETS
-from .files import config_dict_of
 from .load import RANDOM_PREFIX, checkpoint_config, is_random, load_clip, load_model, random_preset, seeded_build
 from .registry import (
     CLIP_HALVES,
@@ -235,7 +234,7 @@ def random_clip(image_size: int) -> nn.Module:
     """A tiny randomly initialised noised CLIP for ``image_size`` images (``--clip random``)."""
     from ..models import preset_config
 
-    return seeded_build("clip", preset_config("tiny-clip", image_size=image_size))
+    return seeded_build(preset_config("tiny-clip", image_size=image_size))
 
 
 def load_for_role(spec: ModelSpec | str, role: str, *, inpaint: bool = False, device: str | torch.device = "cpu",
@@ -253,7 +252,7 @@ def load_for_role(spec: ModelSpec | str, role: str, *, inpaint: bool = False, de
     if role == "clip":
         return load_clip(spec.name, device=device, cache_dir=cache_dir)
     model = load_model(spec.source, device=device, dtype=dtype, cache_dir=cache_dir)
-    check_role(spec, config_dict_of(model), role, inpaint=inpaint)
+    check_role(spec, model.config.to_dict(), role, inpaint=inpaint)
     return model
 
 

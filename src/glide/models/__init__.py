@@ -13,26 +13,22 @@ from .presets import PRESETS, Preset, get_preset, preset_config, preset_names
 from .text2im import Text2ImConfig, Text2ImUNet, TextEmbedding
 
 
-def _registry() -> dict[str, tuple[type[ModelConfig], type[nn.Module]]]:
-    """model_type -> (config class, model class)."""
+def _lookup(model_type: Any) -> tuple[type[ModelConfig], type[nn.Module]]:
+    """model_type -> (config class, model class): the one table of model types."""
     # Imported lazily so that importing glide.models stays cheap.
     from . import clip
     from .classifier import ClassifierConfig, NoisyClassifier
 
-    return {
+    classes = {
         "text2im": (Text2ImConfig, Text2ImUNet),
         "clip-image-enc": (clip.ClipConfig, clip.ClipImageEncoder),
         "clip-text-enc": (clip.ClipConfig, clip.ClipTextEncoder),
         "clip": (clip.ClipConfig, clip.NoisedClip),
         "classifier": (ClassifierConfig, NoisyClassifier),
     }
-
-
-def _lookup(model_type: Any) -> tuple[type[ModelConfig], type[nn.Module]]:
-    registry = _registry()
-    if model_type not in registry:
-        raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(registry)}")
-    return registry[model_type]
+    if model_type not in classes:
+        raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(classes)}")
+    return classes[model_type]
 
 
 def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointError, config_dict_of, load_model, load_weights, read_checkpoint
-from ..models import build_model, config_from_dict
+from ..checkpoints import CheckpointError, load_model, load_weights, read_checkpoint
+from ..models import ModelConfig, build_model, config_from_dict
 from ..models.presets import get_preset, preset_names
 from .config import ConfigError, TrainConfig
 from .distributed import Distributed
@@ -25,20 +25,21 @@ TEXT_PARAMS = ("transformer.", "final_ln.", "token_embedding.", "positional_embe
                "transformer_proj.")
 
 
-def new_model_config(cfg: TrainConfig) -> tuple[str, Any]:
-    """(model_type, config) of a from-scratch model: the preset plus overrides and size flags."""
+def new_model_config(cfg: TrainConfig) -> ModelConfig:
+    """The config of a from-scratch model: the preset plus overrides and size flags."""
     name, overrides = cfg.model_name, cfg.size_overrides()
     if name not in preset_names():
         raise ConfigError(f"unknown --model {name!r}; presets: {', '.join(preset_names())}")
     preset = get_preset(name)
     try:
-        return preset.model_type, preset.config(**overrides)
+        return preset.config(**overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {name!r} with overrides {overrides}: {exc}") from None
 
 
-def finish_new_config(cfg: TrainConfig, model_type: str, config: Any, dataset, env: Distributed) -> Any:
+def finish_new_config(cfg: TrainConfig, config: ModelConfig, dataset, env: Distributed) -> ModelConfig:
     """Settle what depends on the data: the tokenizer (``--tokenizer``), the classifier's classes."""
+    model_type = config.model_type
     if model_type == "text2im":
         spec = cfg.tokenizer
         if spec is None:
@@ -108,11 +109,11 @@ def count_classes(dataset) -> int | None:
     return max(labels) + 1 if labels else None
 
 
-def create_model(model_type: str, config: Any, seed: int) -> nn.Module:
+def create_model(config: ModelConfig, seed: int) -> nn.Module:
     """A randomly initialised model; the same ``seed`` gives the same weights on every rank."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(config, model_type=model_type)
+        return build_model(config)
 
 
 def load_init(spec: str, cfg: TrainConfig) -> nn.Module:
@@ -123,7 +124,7 @@ def load_init(spec: str, cfg: TrainConfig) -> nn.Module:
         raise ConfigError(f"--init {spec}: {exc}") from None
     overrides = cfg.size_overrides()
     if overrides:  # e.g. another resolution or dropout; shapes must still fit the weights
-        config = config_dict_of(model)
+        config = model.config.to_dict()
         try:
             changed = build_model(config_from_dict({**config, **overrides}))
             load_weights(changed, model.state_dict())

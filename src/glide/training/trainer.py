@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import config_dict_of, read_checkpoint
+from ..checkpoints import read_checkpoint
 from . import distributed
 from .build import (
     create_model,
@@ -110,10 +110,10 @@ def train(config: TrainConfig) -> Path:
             bare = load_init(cfg.init, cfg)
             dataset = open_dataset(cfg, bare.config.image_size)
         else:
-            model_type, model_config = new_model_config(cfg)
+            model_config = new_model_config(cfg)
             dataset = open_dataset(cfg, model_config.image_size)
-            model_config = finish_new_config(cfg, model_type, model_config, dataset, env)
-            bare = create_model(model_type, model_config, cfg.seed)
+            model_config = finish_new_config(cfg, model_config, dataset, env)
+            bare = create_model(model_config, cfg.seed)
         bare.to(device).train()
         trainable = set_trainable(bare, cfg.train)
         if cfg.grad_checkpointing:
@@ -167,7 +167,7 @@ def train(config: TrainConfig) -> Path:
             if env.is_main:
                 state = {
                     "format": STATE_FORMAT, "step": step, "stage": cfg.stage, "config": cfg.to_dict(),
-                    "model_config": config_dict_of(bare), "optimizer": optimizer.state_dict(),
+                    "model_config": bare.config.to_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "lr": learning_rate(cfg, step),
                     "skipped_steps": skipped, "samples_seen": step * cfg.batch_size,
                     "micro_batches_per_rank": step * cfg.grad_accum, "world_size": env.world_size, "rng": rng,
@@ -341,7 +341,7 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], checkpoint: Path) -
     saved = state.get("model_config", {})
     if cfg.init is None:
         try:
-            _, requested_config = new_model_config(cfg)
+            requested_config = new_model_config(cfg)
         except ConfigError:
             requested_config = None
         requested = requested_config.to_dict() if requested_config is not None else {}
@@ -403,7 +403,7 @@ def check_data(references: list[dict[str, Any]], bare, stage, cfg: TrainConfig) 
 
 
 def readable_model_config(bare) -> dict[str, Any]:
-    config = config_dict_of(bare)
+    config = bare.config.to_dict()
     tokenizer = config.get("tokenizer")
     if isinstance(tokenizer, dict) and "json" in tokenizer:
         config["tokenizer"] = {"kind": tokenizer.get("kind"), "json": "(stored in the checkpoints)"}
