@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import glide.pipelines as pipelines
+from glide import errors
 from glide.cli import stage_options
 from glide.devices import resolve_device, resolve_dtype
 from glide.guidance import ClassifierGuidance, ClipGuidance
@@ -183,7 +184,8 @@ def test_non_finite_samples_raise_instead_of_returning(models):
     with torch.no_grad():
         for p in broken.parameters():
             p.fill_(math.nan)
-    with pytest.raises(SamplingError, match="base stage produced non-finite values"):
+    with pytest.raises(SamplingError, match="base stage produced non-finite values") as info:
         Text2ImagePipeline(broken)("x", base=StageOptions("ddim", 2), upsample=False, seed=0, progress=False)
+    assert isinstance(info.value, errors.GlideError) and SamplingError is errors.SamplingError  # torch-free type
     fine = Text2ImagePipeline(models[0])("x", base=StageOptions("ddim", 2), upsample=False, seed=0, progress=False)
     assert torch.isfinite(fine.samples).all()

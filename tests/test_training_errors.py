@@ -140,6 +140,28 @@ def test_bad_number_lists_are_refused(flag, value, expected):
     assert str(info.value).startswith(expected)
 
 
+@pytest.mark.parametrize("name, value, expected", [
+    ("sample_sampler", "euler", "--sample-sampler: unknown sampler 'euler'; valid names: ddpm, ddim, plms, dpm++2m"),
+    ("sample_sampler", "", "--sample-sampler: unknown sampler ''"),
+    ("sample_guidance", float("nan"), "--sample-guidance must be a finite number >= 0, got nan"),
+    ("sample_guidance", -0.5, "--sample-guidance must be a finite number >= 0, got -0.5"),
+])
+def test_sample_grid_sampler_and_guidance_are_checked_before_training(name, value, expected):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{name: value})
+    assert str(info.value).startswith(expected)
+    assert TrainConfig(sample_sampler="dpm++2m", sample_guidance=0).sample_guidance == 0.0
+
+
+def test_cli_names_a_bad_sample_sampler_before_writing_anything(tmp_path):
+    result = CliRunner().invoke(train_command, ["--out", str(tmp_path / "run"), "--model", "tiny-base",
+                                                "--sample-sampler", "heun"])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--sample-sampler" in errors[0] and "heun" in errors[0], result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_numbers_given_as_text_are_read_as_numbers():
     config = TrainConfig(lr="1e-4", steps="20", weight_decay=0, seed=3.0)  # YAML reads 1e-4 as a string
     assert (config.lr, config.steps, config.weight_decay, config.seed) == (1e-4, 20, 0.0, 3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError", "ChecksumError", "ConfigError", "DownloadError", "GlideError", "LaunchError",
-    "OfflineError", "ResumeError", "SpecError",
+    "OfflineError", "ResumeError", "SamplingError", "SpecError",
 ]
 
 
@@ -55,3 +55,7 @@ class LaunchError(GlideError, RuntimeError):
 
 class ResumeError(GlideError, RuntimeError):
     """A checkpoint to resume from is missing, incomplete, or belongs to a different run."""
+
+
+class SamplingError(GlideError, ValueError):
+    """A sampling run produced non-finite values (corrupt weights or a precision overflow)."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from .bounds import check_number
 from .diffusion import GaussianDiffusion, space_timesteps
+from .errors import SamplingError
 from .guidance import bind_cond_fns, check_guidance_scale, text2im_denoiser
 from .images import image_grid, load_mask, load_rgb, tensor_to_image
 from .sampling import check_sampler, sample
@@ -30,10 +31,6 @@ from .sampling import check_sampler, sample
 # The length of GLIDE's training process: respacing strings are checked against it up front
 # (a model with another length is checked again when its stage builds the diffusion).
 _CHECK_STEPS = 1000
-
-
-class SamplingError(ValueError):
-    """A sampling run produced non-finite values (corrupt weights or a precision overflow)."""
 
 
 @dataclass(frozen=True)

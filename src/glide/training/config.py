@@ -49,7 +49,7 @@ _NUMBERS: dict[str, tuple[bool, float | None, float | None, bool, bool]] = {
     **{name: (False, 0, 1, False, False) for name in ("caption_dropout", "mask_full_prob")},
     **{name: (False, 0, 1, False, True) for name in ("dropout", "adam_beta1", "adam_beta2")},
     **{name: (False, 0, None, True, False) for name in ("lr", "adam_eps")},
-    **{name: (False, 0, None, False, False) for name in ("min_lr", "weight_decay", "grad_clip", "sample_guidance")},
+    **{name: (False, 0, None, False, False) for name in ("min_lr", "weight_decay", "grad_clip")},
 }
 _OPTIONAL = {"image_size", "num_channels", "num_res_blocks", "text_ctx", "xf_width", "xf_layers", "xf_heads",
              "dropout", "low_res_size"}  # None: the model preset's value
@@ -172,6 +172,7 @@ class TrainConfig:
                                                  low_open=low_open, high_open=high_open))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        self._check_sampling()
         for rate in self.ema:
             if not 0.0 < rate < 1.0:
                 raise ConfigError(f"--ema rates must lie in (0, 1), got {','.join(f'{r:g}' for r in self.ema)}")
@@ -185,6 +186,20 @@ class TrainConfig:
             raise ConfigError(f"--sample-weights must be 'model' or 'ema-<rate>', got {self.sample_weights!r}")
         for name in ("low_res_blur", "low_res_noise"):
             parse_range(getattr(self, name), name)
+
+    def _check_sampling(self) -> None:
+        """The sample grids' sampler and guidance, with the checks sampling itself uses."""
+        from ..guidance import check_guidance_scale  # lazily: they import torch
+        from ..sampling import check_sampler
+
+        try:
+            self.sample_guidance = check_guidance_scale(self.sample_guidance, "--sample-guidance")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            check_sampler(self.sample_sampler)
+        except ValueError as exc:
+            raise ConfigError(f"--sample-sampler: {exc}") from None
 
     # -- derived -----------------------------------------------------------------------------
     @property
