@@ -22,6 +22,7 @@ from glide.training import EMA, ConfigError, TrainConfig, TrainingInterrupted, l
 from glide.training.build import create_model
 from glide.training.cli import train_command
 from glide.training.distributed import LaunchError
+from glide.training.loader import DataStream, open_dataset
 from glide.training.stages import Text2ImStage, evaluate_loss, make_stage
 from glide.training.state import ResumeError, list_step_dirs
 
@@ -184,13 +185,37 @@ def write_image_folder(root: Path, good: int = 4) -> Path:
     return root
 
 
-def test_corrupt_data_is_skipped_and_counted(tmp_path):
+ONE_OF_EACH = {"skipped_images": 1, "skipped_captions": 1, "missing_captions": 1, "read_errors": 0}
+
+
+def test_corrupt_data_is_skipped_and_counted_once_per_file(tmp_path):
     data = write_image_folder(tmp_path / "images")
-    run = train(tiny(tmp_path / "run", data=str(data), batch_size=2, steps=3, tokenizer="train:260"))
-    last = metric_rows(run)[-1]
-    assert last["skipped_images"] >= 1 and last["skipped_captions"] >= 1
+    Image.new("RGB", (20, 20)).save(data / "uncaptioned.png")
+    # 7 files, 5 usable: 10 steps of 2 read every file 3-4 times, spread over 2 workers.
+    run = train(tiny(tmp_path / "run", data=str(data), batch_size=2, steps=10, log_every=5, num_workers=2,
+                     tokenizer="train:260"))
+    rows = metric_rows(run)
+    assert [{k: row[k] for k in ONE_OF_EACH} for row in rows] == [ONE_OF_EACH, ONE_OF_EACH]
     log = (run / "train.log").read_text()
     assert "broken.png" in log and "latin1.txt is not UTF-8" in log
+
+
+def test_skip_counts_are_a_union_over_epochs_workers_and_ranks(tmp_path):
+    data = write_image_folder(tmp_path / "images")
+    Image.new("RGB", (20, 20)).save(data / "uncaptioned.png")
+    cfg = tiny(tmp_path / "run", data=str(data), batch_size=2, num_workers=2)
+    stream = DataStream(open_dataset(cfg, 16), cfg, micro_batch=2, rank=0, world_size=1, start_step=0)
+    try:
+        for _ in range(12):  # 24 samples: every file read 4 to 5 times
+            next(stream)
+    finally:
+        stream.close()
+    assert stream.stats() == ONE_OF_EACH
+    assert stream.all_stats(lambda mine: [mine, mine]) == ONE_OF_EACH  # a second rank met the same files
+    # Only keys new since the last call travel; another rank's new file adds to the union.
+    gathered = []
+    counts = stream.all_stats(lambda mine: gathered.append(mine) or [mine, {"skipped_images": {"elsewhere.png"}}])
+    assert gathered == [{}] and counts == {**ONE_OF_EACH, "skipped_images": 2}
 
 
 def test_bad_data_fails_clearly(tmp_path):

@@ -7,7 +7,8 @@ optional ``"label": int`` and dataset-specific JSON-able extras (``"attributes"`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,28 +18,67 @@ logger = logging.getLogger("glide.data")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
+# What a dataset may have to skip or patch up, and why.
+STAT_NAMES = (
+    "skipped_images",  # unreadable / corrupt / missing image: sample skipped
+    "skipped_captions",  # caption not UTF-8 or unreadable: sample skipped
+    "missing_captions",  # no caption: sample kept with caption ""
+    "read_errors",  # webdataset: a shard or tar member that could not be opened or read
+)
+
+
 @dataclass
 class DataStats:
-    """How many samples a dataset had to skip or patch up, and why.
+    """The samples a dataset had to skip or patch up: the keys (file paths, ``shard:key``) behind
+    each count, so that a file read again (next epoch, another worker, another rank) counts once.
 
-    Counts are per process: with DataLoader workers each worker keeps its own copy.
+    Each DataLoader worker keeps its own copy; ``take_new()`` hands over what it found since the
+    last call, and the reader merges those into one set per name (``glide.training.loader``).
     """
 
-    skipped_images: int = 0  # unreadable / corrupt / missing image: sample skipped
-    skipped_captions: int = 0  # caption not UTF-8: sample skipped
-    missing_captions: int = 0  # no caption: sample kept with caption ""
-    read_errors: int = 0  # webdataset: a shard or tar member that could not be opened or read
-    _warned: set[str] = field(default_factory=set, repr=False, compare=False)
+    keys: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in STAT_NAMES})
+    _new: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
 
-    def warn_once(self, what: str, message: str) -> None:
-        """Log ``message`` the first time ``what`` (a file or a key) causes trouble."""
-        if what not in self._warned:
-            self._warned.add(what)
-            logger.warning(message)
+    def add(self, name: str, key: str, warning: str | None = None) -> None:
+        """Record ``key`` under ``name``; log ``warning`` the first time this copy sees it there."""
+        if key in self.keys[name]:
+            return
+        self.keys[name].add(key)
+        self._new.setdefault(name, set()).add(key)
+        if warning is not None:
+            logger.warning(warning)
+
+    def take_new(self) -> dict[str, set[str]]:
+        """The keys recorded since the last call (empty when nothing is new)."""
+        new, self._new = self._new, {}
+        return new
+
+    def merge(self, keys: Mapping[str, Iterable[str]]) -> None:
+        """Add keys found elsewhere (another worker's or rank's ``take_new()``)."""
+        for name, found in keys.items():
+            self.keys[name].update(found)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(found) for name, found in self.keys.items()}
+
+    @property
+    def skipped_images(self) -> int:
+        return len(self.keys["skipped_images"])
+
+    @property
+    def skipped_captions(self) -> int:
+        return len(self.keys["skipped_captions"])
+
+    @property
+    def missing_captions(self) -> int:
+        return len(self.keys["missing_captions"])
+
+    @property
+    def read_errors(self) -> int:
+        return len(self.keys["read_errors"])
 
     def report(self) -> str:
-        counts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if not f.name.startswith("_")]
-        return "data stats: " + ", ".join(counts)
+        return "data stats: " + ", ".join(f"{name}={count}" for name, count in self.counts().items())
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

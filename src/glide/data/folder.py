@@ -73,20 +73,17 @@ class _CaptionedImages(Dataset):
             try:
                 caption = entry.caption_file.read_bytes().decode("utf-8-sig")
             except UnicodeDecodeError:
-                self.stats.skipped_captions += 1
-                self.stats.warn_once(str(entry.caption_file), f"skipping {entry.image}: caption file "
-                                     f"{entry.caption_file} is not UTF-8")
+                self.stats.add("skipped_captions", str(entry.caption_file), f"skipping {entry.image}: caption "
+                               f"file {entry.caption_file} is not UTF-8")
                 return None
             except OSError as exc:
-                self.stats.skipped_captions += 1
-                self.stats.warn_once(str(entry.caption_file), f"skipping {entry.image}: cannot read "
-                                     f"caption file {entry.caption_file}: {exc}")
+                self.stats.add("skipped_captions", str(entry.caption_file), f"skipping {entry.image}: cannot "
+                               f"read caption file {entry.caption_file}: {exc}")
                 return None
         try:
             image = load_image(entry.image)
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBomb...
-            self.stats.skipped_images += 1
-            self.stats.warn_once(str(entry.image), f"skipping unreadable image {entry.image}: {exc!r}")
+            self.stats.add("skipped_images", str(entry.image), f"skipping unreadable image {entry.image}: {exc!r}")
             return None
         sample: dict[str, Any] = {
             "image": self.transform(image),
@@ -132,16 +129,17 @@ class ImageFolderDataset(_CaptionedImages):
             self.classes = sorted({p.relative_to(root).parts[0] for p in images})
         class_index = {name: i for i, name in enumerate(self.classes)}
         entries = []
-        missing = 0
+        missing = []
         for path in images:
             caption_file = path.with_suffix(".txt")
             if not caption_file.is_file():
                 caption_file = None
-                missing += 1
+                missing.append(str(path))
             label = class_index[path.relative_to(root).parts[0]] if class_labels else None
             entries.append(_Entry(path, caption_file=caption_file, label=label))
         super().__init__(entries, resolution, root)
-        self.stats.missing_captions = missing
+        for key in missing:
+            self.stats.add("missing_captions", key)
 
 
 class CaptionTableDataset(_CaptionedImages):
@@ -172,16 +170,18 @@ class CaptionTableDataset(_CaptionedImages):
             raise ValueError(f"caption table {path} lists no images")
         base = Path(image_root) if image_root is not None else path.parent
         entries = []
-        missing = 0
-        for row in rows:
+        missing = []
+        for number, row in enumerate(rows, 1):
             caption = row.get("caption")
             caption = "" if caption is None else str(caption)
-            missing += not caption.strip()
+            if not caption.strip():
+                missing.append(f"{path} row {number}")  # rows, not images: one image may be listed twice
             label = row.get("label")
             label = int(label) if label not in (None, "") else None
             entries.append(_Entry(base / Path(row["path"]), caption=caption, label=label))
         super().__init__(entries, resolution, path)
-        self.stats.missing_captions = missing
+        for key in missing:
+            self.stats.add("missing_captions", key)
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

@@ -149,8 +149,7 @@ class WebDatasetSource(IterableDataset):
                 stream.close()
 
     def _on_error(self, exc: Exception) -> bool:
-        self.stats.read_errors += 1
-        self.stats.warn_once(repr(exc.args[-1:]), f"webdataset: skipping unreadable data: {exc!r}")
+        self.stats.add("read_errors", repr(exc.args[-1:]), f"webdataset: skipping unreadable data: {exc!r}")
         return True  # continue with the next member / shard
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -158,16 +157,15 @@ class WebDatasetSource(IterableDataset):
         where = f"{url}:{key}"
         image_key = next((k for k in IMAGE_KEYS if k in raw), None)
         if image_key is None:
-            self.stats.skipped_images += 1
-            self.stats.warn_once(where, f"webdataset: sample {where} has no image ({', '.join(IMAGE_KEYS)})")
+            self.stats.add("skipped_images", where,
+                           f"webdataset: sample {where} has no image ({', '.join(IMAGE_KEYS)})")
             return None
         caption = None
         if "txt" in raw:
             try:
                 caption = raw["txt"].decode("utf-8-sig")
             except UnicodeDecodeError:
-                self.stats.skipped_captions += 1
-                self.stats.warn_once(where, f"webdataset: skipping {where}: caption is not UTF-8")
+                self.stats.add("skipped_captions", where, f"webdataset: skipping {where}: caption is not UTF-8")
                 return None
         elif "json" in raw:
             try:
@@ -175,13 +173,12 @@ class WebDatasetSource(IterableDataset):
             except (ValueError, AttributeError):
                 caption = None
         if not caption:
-            self.stats.missing_captions += 1
+            self.stats.add("missing_captions", where)
             caption = ""
         try:
             image = load_image(raw[image_key])
         except Exception as exc:  # any decoder error: skip, never fatal
-            self.stats.skipped_images += 1
-            self.stats.warn_once(where, f"webdataset: skipping corrupt image {where}: {exc!r}")
+            self.stats.add("skipped_images", where, f"webdataset: skipping corrupt image {where}: {exc!r}")
             return None
         image_tensor: torch.Tensor = self.transform(image)
         return {"image": image_tensor, "caption": clean_caption(caption), "key": key, "url": url}

@@ -18,15 +18,14 @@ from __future__ import annotations
 import copy
 import os
 import signal
-from collections.abc import Iterator
-from dataclasses import fields
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from ..data import build_dataset, collate
+from ..data import DataStats, build_dataset, collate
 from .config import ConfigError, TrainConfig
 
 
@@ -123,19 +122,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 
 # --------------------------------------------------------------------------------------------
-# Skipped-sample counts travel with the samples (each DataLoader worker has its own counters)
+# Skipped samples: each DataLoader worker has its own ``DataStats``; the keys it found since its
+# last sample travel with the next one, and the reader takes their union (a file counts once).
 
 
-def _stats_of(dataset: Any) -> dict[str, int] | None:
+def _new_keys(dataset: Any) -> dict[str, set[str]]:
     stats = getattr(dataset, "stats", None)
-    if stats is None:
-        return None
-    return {f.name: getattr(stats, f.name) for f in fields(stats) if not f.name.startswith("_")}
-
-
-def _worker_id() -> int:
-    info = get_worker_info()
-    return -1 if info is None else info.id
+    return stats.take_new() if isinstance(stats, DataStats) else {}
 
 
 class _MapWithStats(Dataset):
@@ -147,7 +140,7 @@ class _MapWithStats(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = dict(self.dataset[index])
-        sample["_stats"] = (_worker_id(), _stats_of(self.dataset))
+        sample["_stats"] = _new_keys(self.dataset)
         return sample
 
 
@@ -158,14 +151,17 @@ class _IterWithStats(IterableDataset):
     def __iter__(self):
         for sample in self.dataset:
             sample = dict(sample)
-            sample["_stats"] = (_worker_id(), _stats_of(self.dataset))
+            sample["_stats"] = _new_keys(self.dataset)
             yield sample
 
 
 def collate_with_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    stats = [s.pop("_stats") for s in samples]
+    found: dict[str, set[str]] = {}
+    for sample in samples:
+        for name, keys in sample.pop("_stats").items():
+            found.setdefault(name, set()).update(keys)
     batch = collate(samples)
-    batch["_stats"] = stats[-1]
+    batch["_stats"] = found
     return batch
 
 
@@ -182,7 +178,8 @@ class DataStream:
                  start_step: int, pin_memory: bool = False):
         self.dataset = dataset
         self.iterable = isinstance(dataset, IterableDataset)
-        self.worker_stats: dict[int, dict[str, int]] = {}
+        self.found = DataStats()  # the union of what this rank's workers skipped
+        self._shared = DataStats()  # the union over every rank, as of the last all_stats()
         common = dict(num_workers=config.num_workers, collate_fn=collate_with_stats, pin_memory=pin_memory,
                       worker_init_fn=_quiet_worker if config.num_workers else None,
                       generator=torch.Generator().manual_seed(config.seed))  # never the global RNG
@@ -220,18 +217,20 @@ class DataStream:
             batch = next(self._iterator)
         except StopIteration:
             raise ConfigError("the data stream ended: no usable samples left (see the warnings above)") from None
-        worker, stats = batch.pop("_stats")
-        if stats is not None:
-            self.worker_stats[worker] = stats
+        self.found.merge(batch.pop("_stats"))
         return batch
 
     def stats(self) -> dict[str, int]:
-        """Skipped / patched samples so far, summed over this rank's workers."""
-        total: dict[str, int] = {}
-        for stats in self.worker_stats.values():
-            for name, value in stats.items():
-                total[name] = total.get(name, 0) + value
-        return total
+        """Skipped / patched samples this rank has met, each file or key counted once."""
+        return self.found.counts()
+
+    def all_stats(self, gather: Callable[[Any], list[Any]]) -> dict[str, int]:
+        """Skipped / patched samples over every rank, each file counted once (a collective call:
+        ``gather`` is ``Distributed.gather``). Only keys new since the last call travel."""
+        new = {name: keys - self._shared.keys[name] for name, keys in self.found.keys.items()}
+        for keys in gather({name: found for name, found in new.items() if found}):
+            self._shared.merge(keys)
+        return self._shared.counts()
 
 
 # --------------------------------------------------------------------------------------------

@@ -419,9 +419,7 @@ def log_row(cfg: TrainConfig, step: int, lr: float, skipped: int, meter: Meter, 
     row["lr"] = lr
     row["images_per_s"] = cfg.batch_size * interval["steps"] / max(interval["seconds"], 1e-9)
     row["skipped_steps"] = skipped
-    for stats in env.gather(data.stats()):
-        for name, value in stats.items():
-            row[name] = row.get(name, 0) + value
+    row.update(data.all_stats(env.gather))
     return row
 
 
