@@ -61,21 +61,11 @@ class DataStats:
     def counts(self) -> dict[str, int]:
         return {name: len(found) for name, found in self.keys.items()}
 
-    @property
-    def skipped_images(self) -> int:
-        return len(self.keys["skipped_images"])
-
-    @property
-    def skipped_captions(self) -> int:
-        return len(self.keys["skipped_captions"])
-
-    @property
-    def missing_captions(self) -> int:
-        return len(self.keys["missing_captions"])
-
-    @property
-    def read_errors(self) -> int:
-        return len(self.keys["read_errors"])
+    def __getattr__(self, name: str) -> int:
+        """``stats.skipped_images`` and the other names of ``STAT_NAMES``: how many keys each holds."""
+        if name in STAT_NAMES:
+            return len(self.keys[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def report(self) -> str:
         return "data stats: " + ", ".join(f"{name}={count}" for name, count in self.counts().items())
