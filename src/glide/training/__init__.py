@@ -8,6 +8,7 @@ classifier): ``train(TrainConfig(...)) -> run folder``; the CLI is ``glide train
 
 from .config import STAGES, ConfigError, TrainConfig
 from .ema import EMA
-from .trainer import TrainingInterrupted, learning_rate, train
+from .runtime import learning_rate
+from .trainer import TrainingInterrupted, train
 
 __all__ = ["EMA", "STAGES", "ConfigError", "TrainConfig", "TrainingInterrupted", "learning_rate", "train"]
