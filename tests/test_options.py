@@ -119,7 +119,8 @@ def models():
 
 @pytest.fixture
 def no_sampling(monkeypatch):
-    monkeypatch.setattr(pipelines, "run_stage", lambda *a, **k: pytest.fail("sampled before checking arguments"))
+    for module in (pipelines.text2im, pipelines.edit):
+        monkeypatch.setattr(module, "run_stage", lambda *a, **k: pytest.fail("sampled before checking arguments"))
 
 
 BAD_CALLS = [

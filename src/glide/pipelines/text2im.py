@@ -1,11 +1,8 @@
-"""Pipelines: prompt -> 64 px -> 256 px, inpainting, image-to-image editing, CLIP reranking.
+"""Text to image: ``StageOptions`` and the sampling recipes, one stage sampler (``run_stage``),
+and ``Text2ImagePipeline`` (prompt -> 64 px -> 256 px, CLIP reranking).
 
 Each pipeline reads top to bottom: tokenise, bind the model into a denoiser (with guidance),
 pick a respaced diffusion for the sampler, sample, hand the 64 px result to the upsampler.
-
-    pipe = Text2ImagePipeline.from_pretrained()                 # official base + upsample
-    out = pipe("an oil painting of a corgi", seed=0)
-    out.images[0].save("corgi.png")
 """
 
 from __future__ import annotations
@@ -21,12 +18,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .bounds import check_number
-from .diffusion import GaussianDiffusion, space_timesteps
-from .errors import SamplingError
-from .guidance import bind_cond_fns, check_guidance_scale, text2im_denoiser
-from .images import image_grid, load_mask, load_rgb, tensor_to_image
-from .sampling import check_sampler, sample
+from ..bounds import check_number
+from ..diffusion import GaussianDiffusion, space_timesteps
+from ..errors import SamplingError
+from ..guidance import bind_cond_fns, check_guidance_scale, text2im_denoiser
+from ..images import image_grid, tensor_to_image
+from ..sampling import check_sampler, sample
 
 # The length of GLIDE's training process: respacing strings are checked against it up front
 # (a model with another length is checked again when its stage builds the diffusion).
@@ -114,7 +111,7 @@ def truncate_diffusion(diffusion: GaussianDiffusion, steps: int) -> GaussianDiff
     return GaussianDiffusion(diffusion.betas[:steps], diffusion.timestep_map[:steps].tolist())
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -163,7 +160,7 @@ class _Call:
     generator: torch.Generator
 
 
-def _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
+def check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
                 generator) -> _Call:
     prompts = _as_prompts(prompt, num_images_per_prompt)
     base = _check_stage(base, "base") or DEFAULT_BASE
@@ -195,13 +192,13 @@ def upsample_stage(upsampler, call: _Call, low_res, progress, callback, **model_
         return _output(low_res, low_res, call.prompts)
     samples = run_stage(
         upsampler, call.prompts, call.upsample or DEFAULT_UPSAMPLE, call.generator, noise_scale=call.upsample_temp,
-        low_res=low_res.to(_device_of(upsampler)), progress=progress,
-        callback=_stage_callback(callback, "upsample"), **model_kwargs,
+        low_res=low_res.to(device_of(upsampler)), progress=progress,
+        callback=stage_callback(callback, "upsample"), **model_kwargs,
     )
     return _output(samples, low_res, call.prompts)
 
 
-def _stage_callback(callback, stage: str):
+def stage_callback(callback, stage: str):
     if callback is None:
         return None
     return lambda info: callback({**info, "stage": stage})
@@ -233,7 +230,7 @@ def run_stage(
     runs in (training's mixed precision), its output cast to float32. ``check_finite`` raises
     :class:`SamplingError` when the result holds NaN or inf.
     """
-    device = _device_of(model)
+    device = device_of(model)
     tokens, mask = tokens if tokens is not None else model.tokenize(prompts, device=device)
     denoiser = text2im_denoiser(model, tokens, mask, options.guidance_scale, **model_kwargs)
     if autocast is not None:
@@ -279,7 +276,7 @@ class Text2ImagePipeline:
         """Load by spec (``openai``, an official name, a path or folder, ``random:PRESET``; see
         ``glide.checkpoints.specs``): every role is checked before any weights are read.
         ``upsampler=None`` means no upsampler; ``clip`` is a spec or an (image, text) pair of halves."""
-        from .checkpoints.specs import load_pipeline_models
+        from ..checkpoints.specs import load_pipeline_models
 
         base_model, up_model, clip_model = load_pipeline_models(
             "sample", str(base), str(upsampler) if upsampler else "none", clip,
@@ -313,7 +310,7 @@ class Text2ImagePipeline:
         ``num_images_per_prompt`` best by noised-CLIP score at t=0 (needs ``clip``).
         ``callback(dict(stage, i, t, x, pred_xstart))`` runs after every step.
         """
-        call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
+        call = check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
                            generator)
         candidates = call.prompts
         if rerank is not None:  # draw `rerank` candidates per prompt, keep the num_images_per_prompt best
@@ -325,7 +322,7 @@ class Text2ImagePipeline:
             candidates = [p for p in call.prompts[::num_images_per_prompt] for _ in range(rerank)]
         cond_fn = bind_cond_fns(cond_fns, candidates)
         low_res = run_stage(self.base, candidates, call.base, call.generator, cond_fn=cond_fn,
-                            progress=progress, callback=_stage_callback(callback, "base"))
+                            progress=progress, callback=stage_callback(callback, "base"))
         if rerank is not None:
             low_res = self.rerank(low_res, candidates, keep=num_images_per_prompt, group=rerank)
         return upsample_stage(self.upsampler, call, low_res, progress, callback)
@@ -335,116 +332,6 @@ class Text2ImagePipeline:
         best first."""
         tokens, lens = self.clip.tokenize(prompts)
         with torch.no_grad():
-            scores = self.clip.score(images.to(_device_of(self.clip)), tokens, lens, t=0).view(-1, group)
+            scores = self.clip.score(images.to(device_of(self.clip)), tokens, lens, t=0).view(-1, group)
         best = scores.topk(keep, dim=1).indices + torch.arange(0, len(prompts), group, device=scores.device)[:, None]
         return images[best.flatten().to(images.device)]
-
-
-# --------------------------------------------------------------------------------------------
-# Editing
-# --------------------------------------------------------------------------------------------
-class InpaintPipeline:
-    """Fill the masked region of an image from a prompt, at 64 px then 256 px; the known region
-    is kept exactly (it is pasted into every x_0 estimate, as the official inpainting notebook)."""
-
-    def __init__(self, base: nn.Module, upsampler: nn.Module | None = None):
-        if not base.config.inpaint or (upsampler is not None and not upsampler.config.inpaint):
-            raise ValueError("InpaintPipeline needs inpainting models (e.g. 'base-inpaint', 'upsample-inpaint')")
-        self.base, self.upsampler = base, upsampler
-
-    @classmethod
-    def from_pretrained(cls, base="base-inpaint", upsampler="upsample-inpaint", *, device="cpu", dtype=None,
-                        cache_dir=None) -> InpaintPipeline:
-        """Load an inpainting pair by spec (see ``Text2ImagePipeline.from_pretrained``)."""
-        from .checkpoints.specs import load_pipeline_models
-
-        base_model, up_model, _ = load_pipeline_models(
-            "inpaint", str(base), str(upsampler) if upsampler else "none",
-            device=device, dtype=dtype, cache_dir=cache_dir)
-        return cls(base_model, up_model)
-
-    def __call__(
-        self,
-        prompt: str,
-        image,
-        mask,
-        *,
-        num_images_per_prompt: int = 1,
-        guidance_scale: float | None = None,
-        cond_fns: Sequence = (),
-        base: StageOptions | None = None,
-        upsample: StageOptions | None | bool = None,
-        upsample_temp: float = 0.997,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-        callback=None,
-    ) -> PipelineOutput:
-        """image: PIL / path / tensor; mask: white (1) = region to repaint. Returns the edited images.
-        ``guidance_scale`` and ``cond_fns`` guide the base stage as in :class:`Text2ImagePipeline`."""
-        call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
-                           generator)
-        batch = len(call.prompts)
-        source, keep = self._inputs(image, mask, self.base.config.image_size, batch, self.base)
-        up_source = up_keep = None
-        if call.upsample is not False and self.upsampler is not None:
-            up_source, up_keep = self._inputs(image, mask, self.upsampler.config.image_size, batch, self.upsampler)
-        cond_fn = bind_cond_fns(cond_fns, call.prompts)
-        low_res = run_stage(
-            self.base, call.prompts, call.base, call.generator, inpaint_image=source, inpaint_mask=keep,
-            cond_fn=cond_fn, denoised_fn=paste_known(source, keep), progress=progress,
-            callback=_stage_callback(callback, "base"),
-        )
-        return upsample_stage(
-            self.upsampler, call, low_res, progress, callback, inpaint_image=up_source, inpaint_mask=up_keep,
-            denoised_fn=paste_known(up_source, up_keep) if up_source is not None else None,
-        )
-
-    @staticmethod
-    def _inputs(image, mask, size, batch, model):
-        device = _device_of(model)
-        source = load_rgb(image, size).to(device).expand(batch, -1, -1, -1)
-        keep = load_mask(mask, size).to(device).expand(batch, -1, -1, -1)
-        return source, keep
-
-
-def paste_known(source: torch.Tensor, keep: torch.Tensor):
-    """``denoised_fn`` that replaces the known pixels of every x_0 estimate with the source's."""
-    return lambda x0: x0 * (1 - keep) + source * keep
-
-
-class ImageToImagePipeline(Text2ImagePipeline):
-    """SDEdit-style editing: noise an image to ``strength`` of the way to pure noise, then
-    denoise it with the prompt (base stage), and upsample as usual."""
-
-    def __call__(  # type: ignore[override]
-        self,
-        prompt: str,
-        image,
-        *,
-        strength: float = 0.6,
-        num_images_per_prompt: int = 1,
-        guidance_scale: float | None = None,
-        cond_fns: Sequence = (),
-        base: StageOptions | None = None,
-        upsample: StageOptions | None | bool = None,
-        upsample_temp: float = 0.997,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-        callback=None,
-    ) -> PipelineOutput:
-        strength = check_number("strength", strength, low=0.0, high=1.0, low_open=True)
-        call = _check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
-                           generator)
-        n = len(call.prompts)
-        x0 = load_rgb(image, self.base.config.image_size).expand(n, -1, -1, -1)
-        full = stage_diffusion(self.base, call.base)
-        start = max(1, round(strength * full.num_timesteps))
-        diffusion = truncate_diffusion(full, start)
-        noise = torch.randn(x0.shape, generator=call.generator)
-        x_start = diffusion.q_sample(x0, torch.full((n,), start - 1), noise)
-        low_res = run_stage(self.base, call.prompts, call.base, call.generator, x_T=x_start, diffusion=diffusion,
-                            cond_fn=bind_cond_fns(cond_fns, call.prompts), progress=progress,
-                            callback=_stage_callback(callback, "base"))
-        return upsample_stage(self.upsampler, call, low_res, progress, callback)

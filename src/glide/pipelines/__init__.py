@@ -1,0 +1,34 @@
+"""Pipelines: prompt -> 64 px -> 256 px, inpainting, image-to-image editing, CLIP reranking.
+
+``text2im``: StageOptions, the recipes, ``run_stage``, ``Text2ImagePipeline``; ``edit``: the
+inpainting and image-to-image pipelines.
+
+Each pipeline reads top to bottom: tokenise, bind the model into a denoiser (with guidance),
+pick a respaced diffusion for the sampler, sample, hand the 64 px result to the upsampler.
+
+    pipe = Text2ImagePipeline.from_pretrained()                 # official base + upsample
+    out = pipe("an oil painting of a corgi", seed=0)
+    out.images[0].save("corgi.png")
+"""
+
+from ..errors import SamplingError
+from .edit import ImageToImagePipeline, InpaintPipeline, paste_known
+from .text2im import (
+    DEFAULT_BASE,
+    DEFAULT_UPSAMPLE,
+    NOTEBOOK_BASE,
+    NOTEBOOK_UPSAMPLE,
+    PipelineOutput,
+    StageOptions,
+    Text2ImagePipeline,
+    run_stage,
+    stage_diffusion,
+    truncate_diffusion,
+    upsample_stage,
+)
+
+__all__ = [
+    "DEFAULT_BASE", "DEFAULT_UPSAMPLE", "NOTEBOOK_BASE", "NOTEBOOK_UPSAMPLE", "ImageToImagePipeline",
+    "InpaintPipeline", "PipelineOutput", "SamplingError", "StageOptions", "Text2ImagePipeline", "paste_known",
+    "run_stage", "stage_diffusion", "truncate_diffusion", "upsample_stage",
+]
