@@ -13,48 +13,23 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from glide.checkpoints import OFFICIAL_CHECKPOINTS
-from glide.cli import cli, slugify
+from glide.cli import slugify
 from glide.images import save_png
 from glide.models import preset_config
 
+from .helpers import assert_clean_error, one_torch_thread  # noqa: F401 (a fixture)
+from .helpers import png_pixels as pixels
+from .helpers import run_cli as run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--model", "random:tiny-base", "--upsampler", "random:tiny-upsample"]
 FAST = ["--steps", "2", "--upsample-steps", "2", "--no-progress"]
 BASE_SIZE = preset_config("tiny-base").image_size
 UP_SIZE = preset_config("tiny-upsample").image_size
 COMMANDS = ["sample", "inpaint", "edit", "download", "convert", "models", "train"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_clean_error(result, *fragments: str) -> None:
-    """Exit status != 0, an ``Error:`` line with every fragment, no traceback."""
-    assert result.exit_code != 0, result.output
-    assert "Error:" in result.output, result.output
-    assert "Traceback" not in result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    for fragment in fragments:
-        assert fragment in result.output, result.output
-
-
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 # -------------------------------------------------------------------------------------- help

@@ -15,39 +15,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glide.checkpoints import save_model
-from glide.cli import cli
 from glide.cli.common import command_body
 from glide.models import build_model, preset_config
 
+from .helpers import assert_clean_error, one_torch_thread  # noqa: F401 (a fixture)
+from .helpers import run_cli as run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--model", "random:tiny-base", "--upsampler", "random:tiny-upsample"]
 BASE_ONLY = ["--model", "random:tiny-base", "--upsampler", "none"]
 FAST = ["--steps", "2", "--upsample-steps", "2", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_clean_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0, result.output
-    assert "Error:" in result.output, result.output
-    assert "Traceback" not in result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    for fragment in fragments:
-        assert fragment in result.output, result.output
-
-
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @pytest.fixture

@@ -7,35 +7,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from glide.checkpoints import save_model
-from glide.cli import cli
 from glide.models import build_model, preset_config
 
+from .helpers import one_torch_thread, run_cli  # noqa: F401 (a fixture)
+from .helpers import png_pixels as pixels
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--model", "random:tiny-base", "--upsampler", "random:tiny-upsample"]
 BASE_ONLY = ["--model", "random:tiny-base", "--upsampler", "none"]
 FAST = ["--steps", "2", "--upsample-steps", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(*args: str):
-    result = CliRunner().invoke(cli, list(args))
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     return result
-
-
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def images(folder) -> dict[str, np.ndarray]:

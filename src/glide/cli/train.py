@@ -126,4 +126,8 @@ def train(config_file: str | None, **flags: Any) -> None:
     except TrainingInterrupted as exc:
         click.echo(f"Interrupted: {exc}. Continue with: glide train --resume --out {config.out}", err=True)
         sys.exit(130)
+    except OSError as exc:  # the run's own files and disk (e.g. full): the run folder is the path at fault
+        if exc.filename is not None:
+            raise
+        raise click.ClickException(f"{exc} (run folder {config.out})") from exc
     click.echo(f"run folder: {run_dir}")
