@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +92,40 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 def metric_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -------------------------------------------------------------------------------------- CLI
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and the test machine's cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(*args: str):
+    """``glide ARGS`` in-process (click's CliRunner): the result has exit_code, output, stdout."""
+    from click.testing import CliRunner
+
+    from glide.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """Exit status != 0, an ``Error:`` line with every fragment, no traceback."""
+    assert result.exit_code != 0, result.output
+    assert "Error:" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+def png_pixels(path) -> np.ndarray:
+    """A PNG's pixels as uint8 [H, W, 3]."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

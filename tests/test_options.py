@@ -11,7 +11,7 @@ import torch
 
 import glide.pipelines as pipelines
 from glide import errors
-from glide.cli import stage_options
+from glide.cli.prepare import stage_options
 from glide.devices import resolve_device, resolve_dtype
 from glide.guidance import ClassifierGuidance, ClipGuidance
 from glide.models import build_preset

@@ -41,7 +41,7 @@ def test_resume_of_a_folder_without_a_run_is_an_error_naming_it(tmp_path, how):
 
 
 def test_resume_typo_from_the_command_line_is_a_one_line_error(tmp_path):
-    from glide.training.cli import train_command
+    from glide.cli.train import train as train_command
 
     result = CliRunner().invoke(train_command, ["--resume", "--out", str(tmp_path / "nope"), "--no-progress"])
     assert result.exit_code != 0 and "Traceback" not in result.output

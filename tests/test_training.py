@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glide.checkpoints import load_model, read_checkpoint
+from glide.cli.train import train as train_command
 from glide.data import build_dataset, collate
 from glide.models import config_from_dict
 from glide.training import EMA, ConfigError, TrainConfig, TrainingInterrupted, learning_rate, train
 from glide.training.build import create_model
-from glide.training.cli import train_command
 from glide.training.distributed import LaunchError
 from glide.training.loader import DataStream, open_dataset
 from glide.training.stages import Text2ImStage, evaluate_loss, make_stage

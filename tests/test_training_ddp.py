@@ -30,7 +30,7 @@ def torchrun(config_file: Path, nproc: int = 2, timeout: int = 300) -> subproces
         pytest.skip(message)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "glide.training.cli", "--config", str(config_file)]
+               "-m", "glide", "train", "--config", str(config_file)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 

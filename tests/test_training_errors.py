@@ -18,8 +18,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from glide.cli.train import train as train_command
 from glide.training import ConfigError, TrainConfig, train
-from glide.training.cli import train_command
 from glide.training.safe_step import safe_step, update_is_bounded
 from glide.training.state import list_step_dirs
 
@@ -32,7 +32,7 @@ TINY_RUN = ["--stage", "base", "--model", "tiny-base", "--image-size", "16", "--
 # Fails the run inside its second training step, when the data-loader workers are running.
 FAIL_IN_STEP = """
 import sys
-from glide.training.cli import train_command
+from glide.cli.train import train as train_command
 from glide.training.stages import Text2ImStage
 
 real_loss, calls = Text2ImStage.loss, []
@@ -96,7 +96,7 @@ def test_missing_vocabulary_under_torchrun_ends_every_rank(tmp_path):
     if importlib.util.find_spec("torch.distributed.run") is None or not torch.distributed.is_available():
         pytest.skip("torch.distributed.run is not available in this torch build")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "glide.training.cli", *TINY_RUN, "--tokenizer", "glide-bpe", "--out", "run"]
+               "-m", "glide", "train", *TINY_RUN, "--tokenizer", "glide-bpe", "--out", "run"]
     result, seconds = run(command, tmp_path, offline_vocab=True, timeout=180)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if "Error: tokenizer vocabulary file" in line]

@@ -1,4 +1,4 @@
-"""``python -m glide``: the same as the ``glide`` console script."""
+"""``python -m glide`` (and ``torchrun ... -m glide train ...``): the ``glide`` console script."""
 
 from glide.cli import main
 

@@ -21,6 +21,7 @@ from .text2im import (
     PipelineOutput,
     StageOptions,
     Text2ImagePipeline,
+    randn,
     run_stage,
     stage_diffusion,
     truncate_diffusion,
@@ -30,5 +31,5 @@ from .text2im import (
 __all__ = [
     "DEFAULT_BASE", "DEFAULT_UPSAMPLE", "NOTEBOOK_BASE", "NOTEBOOK_UPSAMPLE", "ImageToImagePipeline",
     "InpaintPipeline", "PipelineOutput", "SamplingError", "StageOptions", "Text2ImagePipeline", "paste_known",
-    "run_stage", "stage_diffusion", "truncate_diffusion", "upsample_stage",
+    "randn", "run_stage", "stage_diffusion", "truncate_diffusion", "upsample_stage",
 ]

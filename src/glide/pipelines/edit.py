@@ -14,11 +14,13 @@ from ..bounds import check_number
 from ..guidance import bind_cond_fns
 from ..images import load_mask, load_rgb
 from .text2im import (
+    Generators,
     PipelineOutput,
     StageOptions,
     Text2ImagePipeline,
     check_call,
     device_of,
+    randn,
     run_stage,
     stage_callback,
     stage_diffusion,
@@ -60,7 +62,7 @@ class InpaintPipeline:
         upsample: StageOptions | None | bool = None,
         upsample_temp: float = 0.997,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         progress: bool = True,
         callback=None,
     ) -> PipelineOutput:
@@ -114,7 +116,7 @@ class ImageToImagePipeline(Text2ImagePipeline):
         upsample: StageOptions | None | bool = None,
         upsample_temp: float = 0.997,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         progress: bool = True,
         callback=None,
     ) -> PipelineOutput:
@@ -126,7 +128,7 @@ class ImageToImagePipeline(Text2ImagePipeline):
         full = stage_diffusion(self.base, call.base)
         start = max(1, round(strength * full.num_timesteps))
         diffusion = truncate_diffusion(full, start)
-        noise = torch.randn(x0.shape, generator=call.generator)
+        noise = randn(x0.shape, call.generator)
         x_start = diffusion.q_sample(x0, torch.full((n,), start - 1), noise)
         low_res = run_stage(self.base, call.prompts, call.base, call.generator, x_T=x_start, diffusion=diffusion,
                             cond_fn=bind_cond_fns(cond_fns, call.prompts), progress=progress,

@@ -139,9 +139,18 @@ def _as_prompts(prompt: str | Sequence[str], num_images_per_prompt: int) -> list
     return [p for p in prompts for _ in range(num_images_per_prompt)]
 
 
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+# One generator for the whole batch, or one per image (a list: image i's noise then comes from
+# generators[i] alone, so it does not depend on how many images share the batch).
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def _generator(seed: int | None, generator: Generators | None) -> Generators:
     """A CPU generator: the same seed gives the same images on every device."""
     if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            generator = list(generator)
+            if not generator or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError("generator must be a torch.Generator or a non-empty list of them (one per image)")
         return generator
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
@@ -157,7 +166,7 @@ class _Call:
     base: StageOptions
     upsample: StageOptions | bool | None
     upsample_temp: float
-    generator: torch.Generator
+    generator: Generators
 
 
 def check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
@@ -169,6 +178,16 @@ def check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, up
     upsample = _check_stage(upsample, "upsample", allow_false=True)
     upsample_temp = check_number("upsample_temp", upsample_temp, low=0)
     return _Call(prompts, base, upsample, upsample_temp, _generator(seed, generator))
+
+
+def randn(shape: Sequence[int], generator: Generators) -> torch.Tensor:
+    """Standard normal noise of ``shape`` [N, ...] from ``generator``, or row i from
+    ``generator[i]`` when it is a list of N generators (one per image)."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {shape[0]} images: give one per image")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
 
 
 def _check_finite(samples: torch.Tensor, stage: str) -> torch.Tensor:
@@ -208,7 +227,7 @@ def run_stage(
     model: nn.Module,
     prompts: list[str],
     options: StageOptions,
-    generator: torch.Generator,
+    generator: Generators,
     *,
     noise_scale: float = 1.0,
     cond_fn=None,
@@ -238,10 +257,14 @@ def run_stage(
     diffusion = diffusion or stage_diffusion(model, options)
     size = model.config.image_size
     if x_T is None:
-        x_T = torch.randn((len(prompts), 3, size, size), generator=generator) * noise_scale
+        x_T = randn((len(prompts), 3, size, size), generator) * noise_scale
+    if isinstance(generator, torch.Generator):
+        noise = dict(generator=generator)
+    else:  # per-image generators: every step's noise too
+        noise = dict(noise_sampler=lambda step: randn(x_T.shape, generator).to(device, x_T.dtype))
     samples = sample(
-        options.sampler, denoiser, diffusion, x_T.to(device), generator=generator, cond_fn=cond_fn,
-        denoised_fn=denoised_fn, progress=progress, callback=callback, **options.sampler_options,
+        options.sampler, denoiser, diffusion, x_T.to(device), cond_fn=cond_fn, denoised_fn=denoised_fn,
+        progress=progress, callback=callback, **noise, **options.sampler_options,
     )
     return _check_finite(samples, "upsample" if model.config.super_res else "base") if check_finite else samples
 
@@ -295,7 +318,7 @@ class Text2ImagePipeline:
         upsample_temp: float = 0.997,
         rerank: int | None = None,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         progress: bool = True,
         callback: Callable[[dict], None] | None = None,
     ) -> PipelineOutput:
@@ -308,7 +331,9 @@ class Text2ImagePipeline:
         :class:`StageOptions` (defaults: DPM-Solver++ 20 and 5 steps); ``upsample=False`` stops
         at 64 px. ``rerank=N`` draws N candidates per prompt and keeps the
         ``num_images_per_prompt`` best by noised-CLIP score at t=0 (needs ``clip``).
-        ``callback(dict(stage, i, t, x, pred_xstart))`` runs after every step.
+        ``callback(dict(stage, i, t, x, pred_xstart))`` runs after every step. ``generator``: one
+        torch.Generator, or a list of one per image sampled (per candidate with ``rerank``), so
+        that an image does not depend on the others in its batch.
         """
         call = check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
                            generator)
@@ -324,14 +349,21 @@ class Text2ImagePipeline:
         low_res = run_stage(self.base, candidates, call.base, call.generator, cond_fn=cond_fn,
                             progress=progress, callback=stage_callback(callback, "base"))
         if rerank is not None:
-            low_res = self.rerank(low_res, candidates, keep=num_images_per_prompt, group=rerank)
+            best = self.rerank_indices(low_res, candidates, keep=num_images_per_prompt, group=rerank)
+            low_res = low_res[best.to(low_res.device)]
+            if not isinstance(call.generator, torch.Generator):  # the kept candidates' generators go on
+                call = dataclasses.replace(call, generator=[call.generator[i] for i in best.tolist()])
         return upsample_stage(self.upsampler, call, low_res, progress, callback)
 
     def rerank(self, images: torch.Tensor, prompts: list[str], keep: int, group: int) -> torch.Tensor:
         """Keep the ``keep`` best of each consecutive ``group`` of images by noised-CLIP score at t=0,
         best first."""
+        return images[self.rerank_indices(images, prompts, keep, group).to(images.device)]
+
+    def rerank_indices(self, images: torch.Tensor, prompts: list[str], keep: int, group: int) -> torch.Tensor:
+        """The indices (int64 [N / group * keep], CPU) :meth:`rerank` keeps."""
         tokens, lens = self.clip.tokenize(prompts)
         with torch.no_grad():
             scores = self.clip.score(images.to(device_of(self.clip)), tokens, lens, t=0).view(-1, group)
         best = scores.topk(keep, dim=1).indices + torch.arange(0, len(prompts), group, device=scores.device)[:, None]
-        return images[best.flatten().to(images.device)]
+        return best.flatten().cpu()

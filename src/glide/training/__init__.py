@@ -7,8 +7,15 @@ classifier): ``train(TrainConfig(...)) -> run folder``; the CLI is ``glide train
 """
 
 from .config import STAGES, ConfigError, TrainConfig
-from .ema import EMA
-from .runtime import learning_rate
-from .trainer import TrainingInterrupted, train
 
 __all__ = ["EMA", "STAGES", "ConfigError", "TrainConfig", "TrainingInterrupted", "learning_rate", "train"]
+# Imported on first use: they import torch, and ``glide train --help`` reads only the config.
+_LAZY = {"EMA": ".ema", "TrainingInterrupted": ".trainer", "learning_rate": ".runtime", "train": ".trainer"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

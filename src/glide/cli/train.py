@@ -2,7 +2,8 @@
 
 Precedence, lowest first: defaults, the resumed run's ``config.yaml`` (with ``--resume``),
 ``--config FILE.yaml``, flags given on the command line. Runs under torchrun as
-``torchrun --nproc_per_node N -m glide.training.cli ...``.
+``torchrun --nproc_per_node N -m glide train ...``. Numbers are checked by ``TrainConfig`` (through
+``glide.bounds.check_number``) before anything is built.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from typing import Any
 
 import click
 
-from ..checkpoints import CheckpointError
-from ..download import DownloadError
-from .config import LR_SCHEDULES, PRECISIONS, STAGES, TRAINABLE, ConfigError, TrainConfig, field_types, load_yaml, merge
-from .distributed import LaunchError
-from .state import STATE_FILE, ResumeError
+from ..errors import ConfigError
+from ..training.config import LR_SCHEDULES, PRECISIONS, STAGES, TRAINABLE, TrainConfig, field_types, load_yaml, merge
+from .common import command_body
 
 _CHOICES = {"stage": STAGES, "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES, "train": TRAINABLE}
 _MULTIPLE = ("sample_prompts", "model_overrides")
@@ -70,6 +69,8 @@ def _options(command):
 
 def _resumed_run_config(given: dict[str, Any], file_layer: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """With --resume: the options the run was started with, and where its folder is."""
+    from ..checkpoints.files import STATE_FILE
+
     resume = given.get("resume", file_layer.get("resume"))
     if resume is None:
         return {}, {}
@@ -89,11 +90,12 @@ def _resumed_run_config(given: dict[str, Any], file_layer: dict[str, Any]) -> tu
     return previous, extra
 
 
-@click.command("train", context_settings={"max_content_width": 120, "show_default": False})
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file of options (flag names, dashes or underscores); flags given here win")
 @_options
-def train_command(config_file: str | None, **flags: Any) -> None:
+@command_body
+def train(config_file: str | None, **flags: Any) -> None:
     """Train a GLIDE model: text-to-image base, upsampler, inpainting, noised CLIP or noisy classifier.
 
     \b
@@ -101,11 +103,12 @@ def train_command(config_file: str | None, **flags: Any) -> None:
       glide train --stage base --model tiny-base --data shapes --steps 2000 --out runs/shapes
       glide train --stage base --init openai:base --data my-captions.csv --lr 1e-5 --out runs/finetune
       glide train --resume --out runs/shapes --steps 4000
-      torchrun --standalone --nproc_per_node 8 -m glide.training.cli --stage base --data 'shards-{000..099}.tar' ...
+      torchrun --standalone --nproc_per_node 8 -m glide train --stage base --data 'shards-{000..099}.tar' ...
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .trainer import TrainingInterrupted, train
+    from ..training.trainer import TrainingInterrupted
+    from ..training.trainer import train as run_training
 
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
     try:
@@ -116,20 +119,15 @@ def train_command(config_file: str | None, **flags: Any) -> None:
         raise click.UsageError(str(exc)) from None
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    try:  # an expected failure becomes one ``Error:`` line (command_body); the trainer has
+        # already stopped its data-loader workers
         with logging_redirect_tqdm():
-            run_dir = train(config)
+            run_dir = run_training(config)
     except TrainingInterrupted as exc:
         click.echo(f"Interrupted: {exc}. Continue with: glide train --resume --out {config.out}", err=True)
         sys.exit(130)
-    except (ValueError, OSError, LaunchError, ResumeError, CheckpointError, DownloadError) as exc:
-        # expected failures (ConfigError is a ValueError): one ``Error:`` line; the trainer has
-        # already stopped its data-loader workers. Anything else keeps its traceback.
-        raise click.ClickException(str(exc) or type(exc).__name__) from None
+    except OSError as exc:  # the run's own files and disk (e.g. full): the run folder is the path at fault
+        if exc.filename is not None:
+            raise
+        raise click.ClickException(f"{exc} (run folder {config.out})") from exc
     click.echo(f"run folder: {run_dir}")
-
-
-train = main = train_command  # ``glide train`` (glide.cli loads the attribute ``train``)
-
-if __name__ == "__main__":
-    train_command()

@@ -1,0 +1,51 @@
+"""The ``glide`` group: every command registered here, directly.
+
+Each command module imports torch only inside its commands, so ``glide --help`` (and any
+command's ``--help``) never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from .common import CONTEXT_SETTINGS
+from .generate import edit, inpaint, sample
+from .manage import convert, download, models
+from .train import train
+
+
+class GlideGroup(click.Group):
+    """Lists commands in the order they were added (click sorts them by name)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group("glide", cls=GlideGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="glide", prog_name="glide")
+def cli() -> None:
+    """GLIDE text-guided diffusion: generate, inpaint and edit images from text.
+
+    \b
+    Quickstart (official weights, about 1.6 GB; --model openai is the default):
+      glide download base upsample
+      glide sample "an oil painting of a corgi"
+    \b
+    Offline smoke test (randomly initialised tiny models, a few seconds on a CPU):
+      glide sample "a red circle above a blue square" \\
+          --model random:tiny-base --upsampler random:tiny-upsample -o outputs
+
+    Checkpoints are cached in $GLIDE_CACHE/checkpoints (default ~/.cache/glide/checkpoints).
+    Run 'glide COMMAND --help' for the options of a command.
+    """
+
+
+for command in (sample, inpaint, edit, download, convert, models, train):
+    cli.add_command(command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``glide`` console script, ``python -m glide`` and ``torchrun -m glide``."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="glide")

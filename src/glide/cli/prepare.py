@@ -1,0 +1,180 @@
+"""Everything a generating command does before sampling, in the order that makes errors cheap:
+stage options, model specs and configs (headers only), prompts against the model's context,
+then device, models, threads and seed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import click
+
+from .common import log, warn
+
+
+@dataclass
+class Run:
+    """What every generating command has once its models are loaded."""
+
+    base_model: Any
+    upsampler: Any
+    clip: Any
+    classifier: Any
+    random: tuple[str, ...]  # the specs that are randomly initialised (untrained)
+    base: Any  # StageOptions
+    upsample: Any  # StageOptions, or False for no upsampling
+    seed: int
+    device: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def stage_options(recipe: str, sampler: str | None, steps: int | None, upsample_sampler: str | None,
+                  upsample_steps: int | None, guidance_scale: float | None):
+    """The two stages' StageOptions: the recipe, with the command-line overrides applied."""
+    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE
+
+    recipes = (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE) if recipe == "notebook" else (DEFAULT_BASE, DEFAULT_UPSAMPLE)
+    overrides = ({"sampler": sampler, "timesteps": steps, "guidance_scale": guidance_scale},
+                 {"sampler": upsample_sampler, "timesteps": upsample_steps})
+    stages = []
+    for options, changes in zip(recipes, overrides, strict=True):
+        changes = {k: v for k, v in changes.items() if v is not None}
+        stages.append(replace(options, **changes) if changes else options)  # validated by StageOptions
+    return tuple(stages)
+
+
+def _spec_error(e) -> click.BadParameter:
+    """A spec error names the option it came from: show it as click's usage error for that option."""
+    return click.BadParameter(str(e), param_hint=e.option)
+
+
+def plan(command: str, options: dict[str, Any], clip: str | None, classifier: str | None, class_label: int | None):
+    """Check every model spec from its config alone (nothing loaded): names, roles, downloads, the
+    classifier's label range and image size. Returns (plan, classifier spec or None)."""
+    from ..checkpoints import checkpoint_config
+    from ..checkpoints.specs import check_role, parse_spec, plan_models
+    from ..errors import SpecError
+
+    try:
+        models = plan_models(command, options["model"], options["upsampler"], clip, cache_dir=options["cache_dir"])
+        spec = None
+        if classifier is not None:
+            spec = parse_spec(classifier, "classifier")
+            config = checkpoint_config(spec.source, cache_dir=options["cache_dir"])
+            if config is not None:
+                check_role(spec, config, "classifier")
+                _check_classifier(config, class_label, model_config(models.base, options["cache_dir"]))
+    except SpecError as e:
+        raise _spec_error(e) from None
+    return models, spec
+
+
+def model_config(spec, cache_dir) -> dict[str, Any] | None:
+    """A planned model's config from its file header or preset (None for a bare ``.pt``)."""
+    from ..checkpoints import checkpoint_config
+
+    return checkpoint_config(spec.source, cache_dir=cache_dir)
+
+
+def _check_classifier(config: dict[str, Any], label: int | None, base_config: dict[str, Any] | None) -> None:
+    classes = config.get("num_classes")
+    if label is not None and classes is not None and label >= classes:
+        raise click.BadParameter(f"the classifier has {classes} classes: use 0..{classes - 1}, got {label}",
+                                 param_hint="--class-label")
+    size = base_config and base_config.get("image_size")
+    if size and config.get("image_size") != size:
+        raise click.BadParameter(f"the classifier sees {config.get('image_size')} px images but the base model "
+                                 f"makes {size} px ones; train or pick a {size} px classifier",
+                                 param_hint="--classifier")
+
+
+def check_prompt_length(prompts, models, cache_dir) -> None:
+    """Refuse a prompt longer than a model's text context (it would be cut), from the configs."""
+    from ..tokenizer import tokenizer_from_config
+
+    for role, spec in (("base", models.base), ("upsampler", models.upsampler)):
+        config = model_config(spec, cache_dir) if spec is not None else None
+        if not config or "tokenizer" not in config or not config.get("text_ctx"):
+            continue
+        tokenizer = tokenizer_from_config(config["tokenizer"])
+        capacity = tokenizer.capacity(config["text_ctx"])
+        for i, prompt in enumerate(prompts):
+            count = len(tokenizer.encode(prompt))
+            if count > capacity:
+                where = f"prompt {i + 1}" if len(prompts) > 1 else "the prompt"
+                raise click.BadParameter(
+                    f"{where} is {count} tokens but the {role} model {spec.given} reads at most {capacity}; "
+                    f"shorten it", param_hint="PROMPT")
+
+
+def load(models, classifier_spec, *, device, dtype, cache_dir: str | None, progress: bool) -> dict[str, Any]:
+    """Load (or randomly build) the planned models, with a progress bar and clear labels."""
+    from tqdm.auto import tqdm
+
+    from ..checkpoints.specs import load_for_role
+    from ..errors import SpecError
+
+    loaded: dict[str, Any] = {}
+    roles = models.roles() + ([("classifier", classifier_spec)] if classifier_spec is not None else [])
+    with tqdm(total=len(roles), desc="loading models", unit="model", disable=not progress) as bar:
+        for role, spec in roles:
+            bar.set_postfix_str(spec.given)
+            start = time.perf_counter()
+            image_size = loaded["base"].config.image_size if role == "clip" else None
+            try:
+                loaded[role] = load_for_role(spec, role, inpaint=models.inpaint, device=device, dtype=dtype,
+                                             cache_dir=cache_dir, image_size=image_size)
+            except SpecError as e:
+                raise _spec_error(e) from None
+            bar.update()
+            log(f"{role if role != 'base' else 'model'}: {spec.describe(cache_dir)} "
+                f"[{time.perf_counter() - start:.1f}s]", fg="yellow" if spec.is_random else None)
+    return loaded
+
+
+def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: str | None = None,
+            classifier: str | None = None, class_label: int | None = None) -> Run:
+    """Check everything cheap first (options, specs, prompts), then load the models."""
+    started = time.perf_counter()
+    base, up = stage_options(options["recipe"], options["sampler"], options["steps"], options["upsample_sampler"],
+                             options["upsample_steps"], options["guidance_scale"])
+    models, classifier_spec = plan(command, options, clip, classifier, class_label)
+    check_prompt_length(prompts, models, options["cache_dir"])
+    from ..devices import resolve_device, resolve_dtype
+
+    device = resolve_device(options["device"])
+    dtype = resolve_dtype(options["dtype"], device)
+    log(f"device: {device}, dtype: {str(dtype).removeprefix('torch.')}")
+    loaded = load(models, classifier_spec, device=device, dtype=dtype, cache_dir=options["cache_dir"],
+                  progress=options["progress"])
+    random = models.random + ((f"--classifier {classifier_spec.given}",) if classifier_spec and
+                              classifier_spec.is_random else ())
+    if random:
+        warn(f"RANDOM WEIGHTS ({', '.join(random)}): untrained models, the images will be noise. "
+             f"For real images run 'glide download base upsample' and use --model openai.")
+    if options["threads"] is not None:
+        import torch
+
+        torch.set_num_threads(options["threads"])
+    seed = options["seed"] if options["seed"] is not None else secrets.randbelow(2**31)
+    log(f"seed: {seed}")
+    run = Run(loaded["base"], loaded.get("upsampler"), loaded.get("clip"), loaded.get("classifier"), random,
+              base, up if "upsampler" in loaded else False, seed, device, started=started)
+    run.metadata = dict(command=command, seed=seed, model=options["model"], upsampler=options["upsampler"],
+                        base_stage=stage_text(base), random_weights=list(random))
+    stages = f"base {stage_text(base)} at {run.base_model.config.image_size} px"
+    if run.upsampler is not None:
+        run.metadata["upsample_stage"] = stage_text(up)
+        stages += f"; upsampler {stage_text(up)} at {run.upsampler.config.image_size} px"
+    log(f"sampling: {stages}")
+    return run
+
+
+def stage_text(options) -> str:
+    steps = f"{options.timesteps} steps" if isinstance(options.timesteps, int) else options.timesteps
+    return f"{options.sampler} {steps}, guidance scale {options.guidance_scale:g}"
+
