@@ -387,6 +387,21 @@ def test_collate_stacks_images_and_labels_and_keeps_lists():
     assert isinstance(batch["caption"], list) and len(batch["attributes"]) == 4
 
 
+def test_shapes_spec_sets_the_shapes_per_scene():
+    single = build_dataset("shapes:30:1", R)
+    assert len(single) == 30 and all(len(single.scene(i)) == 1 for i in range(30))
+    two = build_dataset("shapes:30:2-2", R)
+    counts = [len(two.scene(i)) for i in range(30)]  # a shape with no room left is dropped, rarely
+    assert set(counts) <= {1, 2} and counts.count(2) >= 25
+    default = build_dataset("shapes:30", R)
+    assert (default.min_shapes, default.max_shapes) == (1, 3)
+    for bad in ("shapes:0", "shapes:5:", "shapes:5:x", "shapes:5:1-2-3"):
+        with pytest.raises(ValueError, match="shapes:N"):
+            build_dataset(bad, R)
+    with pytest.raises(ValueError, match="min_shapes <= max_shapes"):
+        build_dataset("shapes:5:3-2", R)
+
+
 def test_build_dataset_dispatches_on_spec(image_folder, shards):
     assert len(build_dataset("shapes:12", R)) == 12
     assert isinstance(build_dataset("shapes", R, seed=1), CaptionedShapes)

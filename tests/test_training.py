@@ -3,6 +3,7 @@ kill -9), bad input fails clearly, checkpoints load and sample."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,11 +21,12 @@ from glide.checkpoints import load_model, read_checkpoint
 from glide.cli.train import train as train_command
 from glide.data import build_dataset, collate
 from glide.models import config_from_dict
+from glide.models.presets import preset_config
 from glide.training import EMA, ConfigError, TrainConfig, TrainingInterrupted, learning_rate, train
 from glide.training.build import create_model
 from glide.training.distributed import LaunchError
 from glide.training.loader import DataStream, open_dataset
-from glide.training.stages import Text2ImStage, evaluate_loss, make_stage
+from glide.training.stages import Text2ImStage, evaluate_loss, make_stage, sample_seeds
 from glide.training.state import ResumeError, list_step_dirs
 
 from .helpers import assert_same, metric_rows, tiny, weights
@@ -421,3 +424,83 @@ def test_webdataset_shards_train_and_resume_exactly(tmp_path):
                 weights(list_step_dirs(out)[-1] / "model.safetensors"))
     last = metric_rows(straight)[-1]
     assert last["skipped_images"] >= 1 and last["skipped_captions"] >= 1
+
+
+# ------------------------------------------------------------------------------------------
+# The base stage's loss against the formulas, computed independently in float64
+
+
+def _cosine_alpha_bars(steps: int = 1000) -> np.ndarray:
+    """Nichol & Dhariwal's cosine schedule: abar_t = prod_{i <= t} (1 - beta_i), beta capped at 0.999."""
+    f = lambda s: math.cos((s / steps + 0.008) / 1.008 * math.pi / 2) ** 2
+    betas = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(steps)])
+    return np.cumprod(1 - betas)
+
+
+def _hybrid_loss_by_hand(out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """(mse, vb) per sample: eps target, KL / decoder NLL in bits with the learned-range variance,
+    vb scaled by T / 1000 (= 1 here). The noise is recovered from x_t; the Gaussian CDF is exact."""
+    abar = _cosine_alpha_bars()
+    mse, vb = [], []
+    for i in range(x0.shape[0]):
+        k = int(t[i])
+        a, a_prev = abar[k], (abar[k - 1] if k else 1.0)
+        beta = 1 - a / a_prev
+        eps_hat, v = out[i, :3].double(), out[i, 3:].double()
+        x0_i, xt_i = x0[i].double(), x_t[i].double()
+        noise = (xt_i - math.sqrt(a) * x0_i) / math.sqrt(1 - a)
+        mse.append(((eps_hat - noise) ** 2).mean())
+        post_var = lambda j: (1 - abar[j] / abar[j - 1]) * (1 - abar[j - 1]) / (1 - abar[j])
+        post_logvar = math.log(post_var(max(k, 1)))  # 0 at t = 0: the clipped log reuses t = 1's value
+        logvar = (v + 1) / 2 * math.log(beta) + (1 - (v + 1) / 2) * post_logvar
+        coef1, coef2 = beta * math.sqrt(a_prev) / (1 - a), (1 - a_prev) * math.sqrt(1 - beta) / (1 - a)
+        pred_x0 = (xt_i - math.sqrt(1 - a) * eps_hat) / math.sqrt(a)  # eps is frozen: only v is free
+        mean = coef1 * pred_x0 + coef2 * xt_i
+        if k == 0:
+            normal = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
+            upper = torch.where(x0_i > 0.999, torch.ones_like(mean), normal.cdf(x0_i + 1 / 255))
+            lower = torch.where(x0_i < -0.999, torch.zeros_like(mean), normal.cdf(x0_i - 1 / 255))
+            vb.append(-torch.log(upper - lower).mean() / math.log(2))
+        else:
+            true_mean = coef1 * x0_i + coef2 * xt_i
+            kl = 0.5 * (-1 + logvar - post_logvar + math.exp(post_logvar) * torch.exp(-logvar)
+                        + (true_mean - mean) ** 2 * torch.exp(-logvar))
+            vb.append(kl.mean() / math.log(2))
+    return torch.stack(mse), torch.stack(vb)
+
+
+@pytest.mark.parametrize("caption_dropout", [0.0, 1.0])
+def test_base_stage_loss_matches_the_formulas(caption_dropout, monkeypatch, tmp_path):
+    """x_t, the eps target, the frozen-mean VLB (KL at t > 0, decoder NLL at t = 0), white = +1
+    images, and the tokens of a dropped caption = the unconditional tokens CFG samples with."""
+    import glide.training.stages as stages
+    from glide.guidance import empty_prompt_tokens
+
+    cfg = tiny(tmp_path, caption_dropout=caption_dropout)
+    model = create_model(preset_config("tiny-base", image_size=16, text_ctx=24), 0)
+    torch.nn.init.normal_(model.out[-1].weight, std=0.05)  # the zero-initialised output would hide the eps/v split
+    stage = make_stage(cfg, model)
+    chosen = torch.tensor([0, 1, 500, 999])
+    monkeypatch.setattr(stages, "_uniform_t", lambda gens, n: chosen[: len(gens)])
+    seen = {}
+    model.register_forward_hook(lambda m, args, output: seen.update(args=args, output=output))
+    batch = collate([build_dataset("shapes:4:1", 16)[i] for i in range(4)])
+    assert torch.equal(batch["image"][:, :, 0, 0], torch.ones(4, 3))  # corners are background: white = +1
+    loss, metrics = stage.loss(model, model, batch, sample_seeds(0, 0, range(4)))
+
+    x_t, t, tokens, mask = seen["args"]
+    assert torch.equal(t, chosen)
+    noise = (x_t.double() - torch.tensor(np.sqrt(_cosine_alpha_bars()[chosen]))[:, None, None, None]
+             * batch["image"].double()) / torch.tensor(np.sqrt(1 - _cosine_alpha_bars()[chosen]))[:, None, None, None]
+    assert abs(float(noise.std()) - 1) < 0.1 and abs(float(noise.mean())) < 0.1  # x_t = q_sample with N(0, 1) noise
+    mse, vb = _hybrid_loss_by_hand(seen["output"].detach(), batch["image"], x_t, t)
+    torch.testing.assert_close(metrics["mse"].double(), mse, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(metrics["vb"][1:].double(), vb[1:], rtol=1e-4, atol=1e-6)  # KL terms: exact
+    torch.testing.assert_close(metrics["vb"][0].double(), vb[0], rtol=1e-2, atol=1e-4)  # tanh-approximated CDF
+    torch.testing.assert_close(loss.double(), (mse + vb).mean(), rtol=1e-2, atol=1e-4)
+    if caption_dropout == 1.0:
+        uncond_tokens, uncond_mask = empty_prompt_tokens(model, 4)
+        assert torch.equal(tokens, uncond_tokens) and torch.equal(mask, uncond_mask)
+    else:
+        expected_tokens, expected_mask = model.tokenize(batch["caption"])
+        assert torch.equal(tokens, expected_tokens) and torch.equal(mask, expected_mask) and mask.any()

@@ -42,17 +42,15 @@ def is_webdataset_spec(spec: str) -> bool:
 def build_dataset(spec: str, resolution: int, **kwargs: Any) -> Dataset:
     """A dataset from a short string; ``kwargs`` go to the dataset's constructor.
 
-    ``"shapes"`` / ``"shapes:N"`` (N samples) -> CaptionedShapes; ``"emoji"`` -> EmojiDataset;
+    ``"shapes"`` / ``"shapes:N"`` (N samples) / ``"shapes:N:K"`` or ``"shapes:N:J-K"`` (J to K shapes
+    per scene, default 1-3) -> CaptionedShapes; ``"emoji"`` -> EmojiDataset;
     ``*.tar`` or a brace pattern ``data-{000..009}.tar`` -> WebDatasetSource; ``*.csv`` /
     ``*.jsonl`` -> CaptionTableDataset; a directory -> ImageFolderDataset.
     """
     spec = str(spec)
     name, _, arg = spec.partition(":")
     if name == "shapes":
-        if arg:
-            if not arg.isdigit() or int(arg) <= 0:
-                raise ValueError(f"dataset spec {spec!r}: expected 'shapes:N' with N a positive integer")
-            kwargs.setdefault("length", int(arg))
+        kwargs.update(_shapes_options(spec, arg))
         return CaptionedShapes(resolution, **kwargs)
     if spec == "emoji":
         return EmojiDataset(resolution, **kwargs)
@@ -66,3 +64,21 @@ def build_dataset(spec: str, resolution: int, **kwargs: Any) -> Dataset:
     raise ValueError(
         f"cannot build a dataset from {spec!r} ({reason}); expected 'shapes', 'shapes:N', 'emoji', an image "
         f"folder, a .csv/.jsonl caption table, or webdataset shards ('data-{{000..009}}.tar')")
+
+
+_SHAPES_SPEC = re.compile(r"(?P<length>\d+)(?::(?:(?P<min>\d+)-)?(?P<max>\d+))?")
+
+
+def _shapes_options(spec: str, arg: str) -> dict[str, int]:
+    """``N`` -> length; ``N:K`` -> up to K shapes per scene; ``N:J-K`` -> J to K shapes."""
+    if not arg:
+        return {}
+    m = _SHAPES_SPEC.fullmatch(arg)
+    if m is None or int(m["length"]) <= 0:
+        raise ValueError(f"dataset spec {spec!r}: expected 'shapes:N' with N a positive integer, optionally "
+                         f"followed by ':K' or ':J-K' shapes per scene (e.g. 'shapes:20000:1')")
+    options = {"length": int(m["length"])}
+    if m["max"] is not None:
+        options["max_shapes"] = int(m["max"])
+        options["min_shapes"] = int(m["min"]) if m["min"] is not None else 1
+    return options

@@ -59,6 +59,7 @@ class Text2ImConfig(ModelConfig):
     xf_padding: bool = True
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
+    norm_groups: int = 32  # GroupNorm groups; keep >= 2 channels per group (see unet.normalization)
     super_res: bool = False
     inpaint: bool = False
     n_vocab: int = 50257
@@ -83,6 +84,8 @@ class Text2ImConfig(ModelConfig):
             self.channel_mult = DEFAULT_CHANNEL_MULT[self.image_size]
         if self.num_channels % 32:
             raise ValueError(f"num_channels must be a multiple of 32 (GroupNorm), got {self.num_channels}")
+        if self.norm_groups < 1 or self.num_channels % self.norm_groups:
+            raise ValueError(f"norm_groups must divide num_channels {self.num_channels}, got {self.norm_groups}")
         if self.xf_width and self.xf_width % self.xf_heads:
             raise ValueError(f"xf_width {self.xf_width} is not divisible by xf_heads {self.xf_heads}")
         downsample = 2 ** (len(self.channel_mult) - 1)
@@ -196,6 +199,7 @@ class Text2ImUNet(UNetBackbone):
             use_scale_shift_norm=config.use_scale_shift_norm,
             resblock_updown=config.resblock_updown,
             encoder_channels=config.xf_width or None,
+            norm_groups=config.norm_groups,
         )
         self.config = config
         c = config

@@ -85,8 +85,14 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
-def normalization(channels: int) -> GroupNorm32:
-    return GroupNorm32(32, channels)
+def normalization(channels: int, groups: int = 32) -> GroupNorm32:
+    """GroupNorm with ``groups`` groups (32 in every official model).
+
+    With one channel per group (``groups == channels``) it is an instance norm: it erases each
+    channel's spatial mean, so a 32-channel U-Net cannot see, nor predict, the per-channel mean of
+    its input (the image's tint). Small models should keep at least two channels per group.
+    """
+    return GroupNorm32(groups, channels)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -142,12 +148,13 @@ class ResBlock(TimestepBlock):
         use_scale_shift_norm: bool = True,
         up: bool = False,
         down: bool = False,
+        norm_groups: int = 32,
     ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            normalization(channels, norm_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.updown = up or down
         if up:
@@ -160,7 +167,7 @@ class ResBlock(TimestepBlock):
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
         self.out_layers = nn.Sequential(
-            normalization(out_channels),
+            normalization(out_channels, norm_groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
@@ -201,6 +208,7 @@ class AttentionBlock(nn.Module):
         num_heads: int = 1,
         num_head_channels: int = -1,
         encoder_channels: int | None = None,
+        norm_groups: int = 32,
     ):
         super().__init__()
         if num_head_channels == -1:
@@ -209,7 +217,7 @@ class AttentionBlock(nn.Module):
             if channels % num_head_channels:
                 raise ValueError(f"channels {channels} not divisible by num_head_channels {num_head_channels}")
             self.num_heads = channels // num_head_channels
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, norm_groups)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         if encoder_channels is not None:
             self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1)
@@ -273,6 +281,7 @@ class UNetBackbone(nn.Module):
         resblock_updown: bool = True,
         encoder_channels: int | None = None,
         decoder: bool = True,
+        norm_groups: int = 32,
     ):
         super().__init__()
         if num_heads_upsample == -1:
@@ -284,10 +293,10 @@ class UNetBackbone(nn.Module):
         )
 
         def res(ch_in, ch_out, **kw):
-            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, **kw)
+            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, norm_groups=norm_groups, **kw)
 
         def attn(ch, heads):
-            return AttentionBlock(ch, heads, num_head_channels, encoder_channels)
+            return AttentionBlock(ch, heads, num_head_channels, encoder_channels, norm_groups)
 
         ch = input_ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -326,7 +335,7 @@ class UNetBackbone(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1))
+            normalization(ch, norm_groups), nn.SiLU(), zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1))
         )
 
     @property

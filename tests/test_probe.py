@@ -1,0 +1,99 @@
+"""The caption probe: its bookkeeping on a model with a known preference, determinism on a real
+tiny model, clear errors, and the command line on a run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from glide.models import Text2ImConfig, build_model
+from glide.models.presets import preset_config
+from glide.models.text2im import TextEmbedding
+from glide.training import TrainConfig, train
+from glide.training.probe import ProbeResult, caption_probe, main, probe_scenes, probe_timesteps
+
+PREFERRED = {"colour": "red", "shape": "circle", "size": "small"}
+
+
+class PreferringModel(nn.Module):
+    """Predicts zero noise for captions with the preferred words and a far-off constant otherwise,
+    so the caption with the most preferred words always has the lowest denoising loss."""
+
+    def __init__(self, config: Text2ImConfig):
+        super().__init__()
+        self.config = config
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.captions: list[str] = []
+
+    def tokenize(self, captions):
+        self.captions = list(captions)
+        return torch.arange(len(captions))[:, None], torch.ones(len(captions), 1, dtype=torch.bool)
+
+    def encode_text(self, tokens, mask):
+        misses = [sum(word not in self.captions[i].split() for word in PREFERRED.values()) for i in tokens[:, 0]]
+        penalty = torch.tensor(misses, dtype=torch.float32)[:, None]
+        return TextEmbedding(penalty, torch.zeros(len(misses), 1, 1))
+
+    def forward(self, x, t, *, text):
+        return (10.0 * text.xf_proj[:, :, None, None]).expand(-1, 6, *x.shape[2:]) + self.anchor
+
+
+def tiny_text_model(image_size: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(preset_config("tiny-base", image_size=image_size, text_ctx=24))
+
+
+def test_probe_picks_the_lowest_loss_caption():
+    model = PreferringModel(preset_config("tiny-base", image_size=16))
+    result = caption_probe(model, images=42, pairs=2)
+    scenes = probe_scenes(42)
+    expected = {name: sum(s[name] == word for s in scenes) / 42 for name, word in PREFERRED.items()}
+    assert result.colour_accuracy == pytest.approx(expected["colour"]) == pytest.approx(6 / 42)
+    assert result.shape_accuracy == pytest.approx(expected["shape"]) == pytest.approx(7 / 42)
+    assert result.size_accuracy == pytest.approx(expected["size"])
+    everything = sum(all(s[k] == w for k, w in PREFERRED.items()) for s in scenes) / 42
+    assert result.all_accuracy == pytest.approx(everything)
+    assert (result.images, result.pairs) == (42, 2)
+
+
+def test_probe_scenes_cover_every_pair_and_timesteps_spread():
+    scenes = probe_scenes(42, seed=3)
+    assert len({(s["shape"], s["colour"]) for s in scenes}) == 42
+    assert probe_scenes(42, seed=3) == scenes != probe_scenes(42, seed=4)
+    assert probe_timesteps(1000, 4).tolist() == [125, 375, 625, 875]
+
+
+def test_probe_on_a_tiny_model_is_deterministic_and_restores_the_mode():
+    model = tiny_text_model().train()
+    first = caption_probe(model, images=3, pairs=2, batch_size=5)
+    assert model.training
+    second = caption_probe(model, images=3, pairs=2, batch_size=64)  # batching does not change the answer
+    assert isinstance(first, ProbeResult) and first == second
+    for value in (first.colour_accuracy, first.shape_accuracy, first.size_accuracy, first.all_accuracy):
+        assert value in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert first.all_accuracy <= min(first.colour_accuracy, first.shape_accuracy, first.size_accuracy)
+
+
+def test_probe_refuses_models_it_cannot_probe():
+    upsampler = build_model(preset_config("tiny-upsample", image_size=16, channel_mult=(1, 2)))
+    with pytest.raises(ValueError, match="base model, not an upsampler"):
+        caption_probe(upsampler, images=1, pairs=1)
+    with pytest.raises(ValueError, match="text-conditional"):
+        caption_probe(nn.Linear(2, 2), images=1)
+    with pytest.raises(ValueError, match="at least 1 image"):
+        caption_probe(tiny_text_model(), images=0)
+
+
+def test_probe_command_on_a_run_folder(tmp_path, capsys):
+    run = train(TrainConfig(out=str(tmp_path / "run"), stage="base", model="tiny-base", image_size=16,
+                            model_overrides={"text_ctx": 24}, data="shapes:4", batch_size=2, steps=2, save_every=1,
+                            sample_every=0, num_workers=0, progress=False, tensorboard=False, ema=(0.9,)))
+    assert main([str(run), "--all", "--images", "2", "--pairs", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"colour_accuracy", "shape_accuracy", "size_accuracy", "all_accuracy"} <= rows[0].keys()
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
