@@ -142,9 +142,9 @@ def _denoising_losses(model: nn.Module, captions: list[str], x_t: torch.Tensor, 
 
 
 def _checkpoint_folders(path: Path, every: bool) -> list[Path]:
-    from .state import list_checkpoints
+    from .state import list_step_dirs
 
-    found = list_checkpoints(path)
+    found = list_step_dirs(path)
     if not found:
         return [path]
     return found if every else found[-1:]
