@@ -182,3 +182,22 @@ def test_a_classifier_of_another_image_size_is_refused(tmp_path, no_loading):
     path = save_model(build_model({**config.to_dict(), "model_type": "classifier"}), tmp_path / "small.safetensors")
     assert_clean_error(run("sample", "x", *TINY, "--classifier", str(path), "--class-label", "0"),
                        "--classifier", "32 px")
+
+
+def test_threads_auto_uses_one_thread_only_for_small_models_on_the_cpu():
+    import torch
+    from torch import nn
+
+    from glide.cli.prepare import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        set_threads("auto", [nn.Linear(1000, 21_000)], torch.device("cpu"))  # 21M parameters: left alone
+        assert torch.get_num_threads() == 2
+        set_threads("auto", [nn.Linear(10, 10)], torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+        set_threads(2, [nn.Linear(10, 10)], torch.device("cpu"))  # an explicit count always wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

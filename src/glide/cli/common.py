@@ -94,3 +94,21 @@ class Number(click.ParamType):
         except ValueError as e:
             raise click.UsageError(str(e), ctx) from None
 
+
+
+SMALL_MODEL_PARAMS = 20_000_000  # below this, --threads auto uses one thread on the CPU
+
+
+class Threads(Number):
+    """``--threads``: ``auto`` or an integer >= 1."""
+
+    def __init__(self):
+        super().__init__(integer=True, low=1)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return super().convert(value, param, ctx)
+        except click.UsageError as e:
+            raise click.UsageError(f"{e.message} (or auto)", ctx) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .common import Number
+from .common import SMALL_MODEL_PARAMS, Number, Threads
 
 OPENAI = "openai"  # the official pair of the command (glide.checkpoints.specs.OPENAI)
 RANDOM_CLIP = "random"  # a tiny randomly initialised noised CLIP (glide.checkpoints.specs.RANDOM_CLIP)
@@ -127,10 +127,11 @@ def sampling_options(fn: Callable) -> Callable:
                      help="Folder for the PNGs and grid-<seed>.png (created if needed)."),
         click.option("--cache-dir", type=click.Path(file_okay=False),
                      help="Folder of the official checkpoints (default $GLIDE_CACHE/checkpoints)."),
-        click.option("--threads", type=Number(integer=True, low=1), metavar="N",
-                     help="CPU threads for torch. Default: PyTorch's (about one per core), best for "
-                          "official-size models; use 1 for tiny models on a busy machine, where small "
-                          "convolutions lose more to threading than they gain."),
+        click.option("--threads", type=Threads(), default="auto", show_default=True, metavar="N|auto",
+                     help="CPU threads for torch. auto: 1 when every model is small (under "
+                          f"{SMALL_MODEL_PARAMS // 1_000_000}M parameters) and runs on the CPU, where "
+                          "threading small convolutions costs more than it gives (10x slower measured on "
+                          "a busy 2-core machine); otherwise PyTorch's default (one per core)."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
     ]
     for option in reversed(options):

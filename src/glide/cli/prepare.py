@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .common import log, warn
+from .common import SMALL_MODEL_PARAMS, log, warn
 
 
 @dataclass
@@ -156,10 +156,7 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
     if random:
         warn(f"RANDOM WEIGHTS ({', '.join(random)}): untrained models, the images will be noise. "
              f"For real images run 'glide download base upsample' and use --model openai.")
-    if options["threads"] is not None:
-        import torch
-
-        torch.set_num_threads(options["threads"])
+    set_threads(options["threads"], loaded.values(), device)
     seed = options["seed"] if options["seed"] is not None else secrets.randbelow(2**31)
     log(f"seed: {seed}")
     run = Run(loaded["base"], loaded.get("upsampler"), loaded.get("clip"), loaded.get("classifier"), random,
@@ -178,3 +175,15 @@ def stage_text(options) -> str:
     steps = f"{options.timesteps} steps" if isinstance(options.timesteps, int) else options.timesteps
     return f"{options.sampler} {steps}, guidance scale {options.guidance_scale:g}"
 
+
+
+def set_threads(threads: int | str, models, device) -> None:
+    """``--threads N``, or for ``auto`` one thread when every model is small and on the CPU."""
+    import torch
+
+    if threads == "auto":
+        small = sum(p.numel() for m in models for p in m.parameters()) < SMALL_MODEL_PARAMS
+        if device.type != "cpu" or not small:
+            return
+        threads = 1
+    torch.set_num_threads(threads)
