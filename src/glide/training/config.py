@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..bounds import check_number
 from ..errors import ConfigError
 
@@ -234,6 +232,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_yaml(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        import yaml  # imported here: `glide --help` need not load it
         data = {**self.to_dict(), **(extra or {})}
         Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
@@ -264,6 +263,7 @@ def normalise_keys(d: dict[str, Any], source: str = "config") -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a ``--config`` file: a YAML mapping of TrainConfig options (dashes or underscores)."""
+    import yaml  # imported here: `glide --help` need not load it
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -324,6 +324,7 @@ def parse_overrides(value: Any) -> dict[str, Any]:
     Values go through YAML (``64`` -> int, ``true`` -> bool); commas inside a value are kept,
     so ``channel_mult=1,2,2,num_channels=64`` works.
     """
+    import yaml  # imported here: `glide --help` need not load it
     if value is None or value == "":
         return {}
     if isinstance(value, dict):
