@@ -109,6 +109,12 @@ class BaseTokenizer:
         """
         return self._batch(texts, text_ctx, stacklevel=3)
 
+    def tokenize(self, texts: str | Sequence[str], context_length: int = 77) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens`` int64 ``[B, context_length]`` and ``lens`` int64 ``[B]`` (the noised CLIP's
+        text input: it reads the token at ``lens - 1``; CLIP's BPE counts its start and end tokens)."""
+        tokens, mask = self._batch(texts, context_length, stacklevel=3)
+        return tokens, mask.sum(dim=1)
+
     def _batch(self, texts: str | Sequence[str], text_ctx: int, stacklevel: int) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):
             texts = [texts]
@@ -144,6 +150,7 @@ def _warn_truncated(dropped: dict[int, int], n_texts: int, text_ctx: int, stackl
 # --------------------------------------------------------------------------- GLIDE (GPT-2) BPE
 
 _GPT2_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
 
 
 class GlideBPETokenizer(BaseTokenizer):
@@ -244,10 +251,6 @@ class ClipTokenizer(BaseTokenizer):
         padded, length = self.padded_tokens_and_len(tokens, text_ctx)
         return padded, [True] * length + [False] * (text_ctx - length)
 
-    def tokenize(self, texts: str | Sequence[str], context_length: int = 77) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tokens`` int64 ``[B, context_length]`` and ``lens`` int64 ``[B]`` (start+end counted)."""
-        tokens, mask = self._batch(texts, context_length, stacklevel=3)
-        return tokens, mask.sum(dim=1)
 
 
 # --------------------------------------------------------------------------- trainable BPE
