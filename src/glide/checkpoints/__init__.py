@@ -5,9 +5,9 @@ the run-folder layout, and the model-spec grammar.
 * ``files``: ``.safetensors`` with the config in its metadata, safe ``.pt`` reading, and the
   only run-folder layout (step folders, EMA file names, complete steps, the latest step);
 * ``fit``: meta-device builds, fit checks, the "looks like preset X" diagnosis;
-* ``load``: ``load_model`` (names, files, folders, runs, ``random:PRESET``), ``load_clip``,
+* ``load``: ``load_model`` (names, files, folders, runs, ``bundled:NAME``, ``random:PRESET``), ``load_clip``,
   ``convert_checkpoint``;
-* ``specs``: one spec grammar (``openai``, NAME, PATH, ``random:PRESET``) with role checks before
+* ``specs``: one spec grammar (``openai``, NAME, PATH, ``bundled:NAME``, ``random:PRESET``) with role checks before
   loading, used by the CLI and ``from_pretrained``.
 """
 
@@ -24,6 +24,8 @@ from .files import (
 )
 from .fit import describe_mismatch, load_weights
 from .load import (
+    bundled_names,
+    bundled_path,
     checkpoint_config,
     convert_checkpoint,
     is_random,
@@ -44,6 +46,7 @@ from .specs import ModelSpec, load_for_role, load_pipeline_models, parse_spec, p
 
 __all__ = [
     "CONFIG_KEY", "OFFICIAL_CHECKPOINTS", "CheckpointError", "ModelSpec", "OfficialCheckpoint", "SpecError",
+    "bundled_names", "bundled_path",
     "checkpoint_config", "checkpoint_dir", "convert_checkpoint", "describe_mismatch",
     "download_official", "is_random", "latest_step_dir", "list_step_dirs", "load_clip", "load_for_role", "load_model",
     "load_pipeline_models", "load_weights", "official_checkpoint", "official_path",

@@ -9,6 +9,7 @@
 * a path to a ``.pt`` or ``.safetensors`` file;
 * a checkpoint folder (``model.safetensors`` and optional ``ema-<rate>.safetensors``);
 * a training run folder (``RUN/checkpoints/step-<N>/``: its latest complete step);
+* ``bundled:NAME``: a model shipped inside the package, ``glide/bundled/NAME.safetensors``;
 * ``random:PRESET``: a randomly initialised preset, the same weights every time, marked with
   ``model.random_weights = True`` (see ``is_random``).
 """
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from ..models.clip import NoisedClip
 
 RANDOM_PREFIX = "random:"
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"  # package data: glide/bundled/*.safetensors
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
@@ -60,8 +63,24 @@ def resolve_weights_file(
     return path
 
 
+def bundled_names() -> list[str]:
+    """The models shipped inside the package, loadable as ``bundled:NAME``."""
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+
+
+def bundled_path(spec: str) -> Path:
+    """``bundled:NAME`` -> ``glide/bundled/NAME.safetensors``; an unknown NAME raises ``CheckpointError``."""
+    name = str(spec)[len(BUNDLED_PREFIX):] if str(spec).startswith(BUNDLED_PREFIX) else str(spec)
+    path = BUNDLED_DIR / f"{name}.safetensors"
+    if "/" in name or os.sep in name or not path.is_file():
+        raise CheckpointError(f"no bundled model {name!r}; bundled models: {', '.join(bundled_names()) or 'none'}")
+    return path
+
+
 def _resolve(name_or_path: str | Path, weights: str, cache_dir) -> tuple[Path, OfficialCheckpoint | None]:
     text = str(name_or_path)
+    if text.startswith(BUNDLED_PREFIX):
+        return bundled_path(text), None
     path = Path(name_or_path).expanduser()
     if not text.startswith(OPENAI_PREFIX):
         if path.is_dir():

@@ -5,6 +5,7 @@ A spec names where a model comes from:
 * ``openai``: the official model of the role (``base`` / ``upsample``, or the inpainting pair);
 * ``openai:NAME`` or an official ``NAME`` (``base``, ``upsample-inpaint``, ...; aliases accepted);
 * ``PATH``: a ``.pt`` / ``.safetensors`` file, a checkpoint folder or a training-run folder;
+* ``bundled:NAME``: a model shipped inside the package (``glide/bundled/NAME.safetensors``);
 * ``random:PRESET``: a randomly initialised preset (untrained; for tests and demos).
 
 Every spec is checked before any tensor is read: the name or path exists, its config (read from
@@ -24,7 +25,17 @@ from torch import nn
 
 from ..errors import CheckpointError, SpecError
 from ..models import PRESETS
-from .load import RANDOM_PREFIX, checkpoint_config, is_random, load_clip, load_model, random_preset, seeded_build
+from .load import (
+    BUNDLED_PREFIX,
+    RANDOM_PREFIX,
+    bundled_path,
+    checkpoint_config,
+    is_random,
+    load_clip,
+    load_model,
+    random_preset,
+    seeded_build,
+)
 from .registry import (
     CLIP_HALVES,
     CLIP_PAIR,
@@ -54,7 +65,8 @@ __all__ = [
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed spec: ``kind`` is ``official`` (``name`` = registry key), ``random`` (``name`` =
-    preset), ``path`` (``name`` = the path), or for CLIP also ``clip-pair`` (``name`` = image half,
+    preset), ``path`` (``name`` = the path), ``bundled`` (``name`` = the packaged file), or for
+    CLIP also ``clip-pair`` (``name`` = image half,
     ``text`` = text half) and ``random-clip``. ``given`` is the spec as the user wrote it."""
 
     given: str
@@ -114,6 +126,11 @@ def parse_spec(spec: str | Path, role: str = "base", *, inpaint: bool = False) -
             return ModelSpec(given, "random", random_preset(given))
         except SpecError as e:
             raise SpecError(str(e), _OPTIONS[role]) from None
+    if given.startswith(BUNDLED_PREFIX):
+        try:
+            return ModelSpec(given, "bundled", str(bundled_path(given)))
+        except CheckpointError as e:
+            raise SpecError(str(e), _OPTIONS.get(role)) from None
     if not given.startswith(OPENAI_PREFIX) and Path(given).expanduser().exists():
         return ModelSpec(given, "path", given)
     key = official_key(given)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import click
 
 from .common import CONTEXT_SETTINGS
+from .evaluate import evaluate
 from .generate import edit, inpaint, sample
 from .manage import convert, download, models
 from .train import train
@@ -42,7 +43,7 @@ def cli() -> None:
     """
 
 
-for command in (sample, inpaint, edit, download, convert, models, train):
+for command in (sample, inpaint, edit, download, convert, models, train, evaluate):
     cli.add_command(command)
 
 

@@ -92,15 +92,15 @@ def _size(path: Path) -> str:
 @_CACHE_DIR_OPTION
 @command_body
 def models(cache_dir: str | None) -> None:
-    """List the official checkpoints (downloaded or not, and where) and the model presets.
+    """List the official checkpoints (downloaded or not, and where), the bundled models and the presets.
 
     \b
     Examples:
       glide models
       GLIDE_CACHE=/data/glide glide models
     """
-    from ..checkpoints import checkpoint_dir, official_status
-    from ..models import PRESETS
+    from ..checkpoints import bundled_names, checkpoint_config, checkpoint_dir, official_status
+    from ..models import PRESETS, config_from_dict
 
     rows = official_status(cache_dir)
     click.echo(f"Official checkpoints (in {checkpoint_dir(cache_dir)}):")
@@ -113,6 +113,9 @@ def models(cache_dir: str | None) -> None:
         else:
             state = f"missing     glide download {row['name']}"
         click.echo(f"  {row['name']:<{width}}  {state}")
+    click.echo("\nBundled models (inside the package, offline: bundled:NAME):")
+    for name in bundled_names():
+        click.echo(f"  bundled:{name}  {config_from_dict(checkpoint_config('bundled:' + name)).describe()}")
     click.echo("\nPresets (the architectures for glide train; text-to-image ones untrained: --model random:NAME):")
     width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():

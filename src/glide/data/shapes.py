@@ -20,6 +20,11 @@ Caption grammar (what ``parse_caption`` reads back)::
 ``relation`` is "above", "below", "to the left of" or "to the right of", chosen from the larger of
 the horizontal and vertical offsets between the two centres. No two shapes in a scene share both
 shape and colour, so "the blue square" is unambiguous.
+
+Held-out split: ``HELD_OUT_OBJECTS`` fixes 12 (size, colour, shape) triples, two per shape, that
+``split="train"`` never shows; ``split="heldout"`` shows only scenes with at least one of them, so a
+model trained on ``shapes-train`` is evaluated on attribute combinations it never saw. Every
+colour, shape and size still occurs in training, in other combinations.
 """
 
 from __future__ import annotations
@@ -48,6 +53,29 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SIZES: dict[str, float] = {"small": 0.10, "large": 0.17}  # nominal radius, fraction of the image side
 RELATIONS: tuple[str, ...] = ("above", "below", "to the left of", "to the right of")
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
+SPLITS: tuple[str, ...] = ("all", "train", "heldout")
+
+# Two per shape: shape i is held out small in colour 2i (mod 7) and large in colour 2i + 3 (mod 7).
+HELD_OUT_OBJECTS: frozenset[tuple[str, str, str]] = frozenset(
+    triple for i, shape in enumerate(SHAPES) for triple in (
+        ("small", list(COLOURS)[(2 * i) % len(COLOURS)], shape),
+        ("large", list(COLOURS)[(2 * i + 3) % len(COLOURS)], shape),
+    )
+)
+
+
+def is_held_out(a: dict[str, Any]) -> bool:
+    """True if the object ``a`` (a dict with size, colour, shape) is one of ``HELD_OUT_OBJECTS``."""
+    return (a["size"], a["colour"], a["shape"]) in HELD_OUT_OBJECTS
+
+
+def in_split(scene: list[dict[str, Any]], split: str) -> bool:
+    """Whether ``scene`` belongs to ``split``: "train" has no held-out object, "heldout" at least one."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if split == "all":
+        return True
+    return any(map(is_held_out, scene)) == (split == "heldout")
 
 _EXTENT = 1.15  # every shape fits in a circle of _EXTENT * radius
 _GAP = 0.03  # minimum empty space between two shapes' bounding circles (fraction of the side)
@@ -194,6 +222,38 @@ def sample_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int 
     return scene
 
 
+def scene_for_caption(caption: str, rng: np.random.Generator, max_tries: int = 200) -> list[dict[str, Any]]:
+    """A random scene that ``caption`` describes (its objects, relations that hold, no overlap).
+
+    For real renders "of the same captions" (FID references). Raises ``ValueError`` for a caption
+    outside the grammar, or one whose layout is not found in ``max_tries`` attempts.
+    """
+    parsed = parse_caption(caption)
+    for _ in range(max_tries):  # a whole new layout whenever one object finds no room
+        scene = _place(parsed, rng, tries_per_object=50)
+        if scene is not None:
+            return scene
+    raise ValueError(f"found no layout for {caption!r} in {max_tries} tries")
+
+
+def _place(parsed: dict[str, list], rng: np.random.Generator, tries_per_object: int) -> list[dict[str, Any]] | None:
+    scene: list[dict[str, Any]] = []
+    for i, obj in enumerate(parsed["objects"]):
+        extent = _EXTENT * SIZES[obj["size"]]
+        wanted = [(a, rel, b) for a, rel, b in parsed["relations"] if max(a, b) == i]
+        for _ in range(tries_per_object):
+            x, y = (round(float(v), 4) for v in rng.uniform(extent + 0.02, 1 - extent - 0.02, size=2))
+            placed = [*scene, {**obj, "x": x, "y": y}]
+            if all(_compatible(placed[-1], other) for other in scene) and all(
+                relation(placed[a], placed[b]) == rel and _unambiguous(placed[a], placed[b]) for a, rel, b in wanted
+            ):
+                scene = placed
+                break
+        else:
+            return None
+    return scene
+
+
 def _compatible(a: dict[str, Any], b: dict[str, Any]) -> bool:
     distance = math.hypot(a["x"] - b["x"], a["y"] - b["y"])
     return distance >= _EXTENT * (SIZES[a["size"]] + SIZES[b["size"]]) + _GAP
@@ -208,10 +268,14 @@ class CaptionedShapes(Dataset):
     """Procedural map-style dataset of shape scenes; sample ``i`` depends only on ``(seed, i)``.
 
     Returns ``{"image": [3, R, R] in [-1, 1], "caption": str, "label": int, "attributes": list}``.
+    ``split``: "all" (every scene), "train" (no held-out object) or "heldout" (at least one); a
+    split redraws from the same ``(seed, index)`` stream until the scene belongs to it.
     """
 
     def __init__(self, resolution: int = 64, length: int = 10_000, seed: int = 0, min_shapes: int = 1,
-                 max_shapes: int = 3, background: tuple[int, int, int] = (255, 255, 255)):
+                 max_shapes: int = 3, background: tuple[int, int, int] = (255, 255, 255), split: str = "all"):
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if not 1 <= min_shapes <= max_shapes:
             raise ValueError(f"need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}")
         if length <= 0:
@@ -219,6 +283,7 @@ class CaptionedShapes(Dataset):
         self.resolution, self.length, self.seed = resolution, length, seed
         self.min_shapes, self.max_shapes = min_shapes, max_shapes
         self.background = background
+        self.split = split
 
     def __len__(self) -> int:
         return self.length
@@ -228,7 +293,10 @@ class CaptionedShapes(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, index])
-        return sample_scene(rng, self.min_shapes, self.max_shapes)
+        while True:  # "all" keeps the first draw; a split accepts 1 in 7 draws or more, never a short scene
+            scene = sample_scene(rng, self.min_shapes, self.max_shapes)
+            if self.split == "all" or (in_split(scene, self.split) and len(scene) >= self.min_shapes):
+                return scene
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         attributes = self.scene(index)
@@ -239,3 +307,14 @@ class CaptionedShapes(Dataset):
             "label": label_for(attributes[0]["shape"], attributes[0]["colour"]),
             "attributes": attributes,
         }
+
+
+def heldout_captions(count: int, num_shapes: int = 1, seed: int = 0) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``count`` evaluation captions of held-out scenes with ``num_shapes`` objects, with their scenes.
+
+    A pure function of ``(count, num_shapes, seed)``: ``[(caption, attributes), ...]``.
+    """
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    data = CaptionedShapes(length=count, seed=seed, min_shapes=num_shapes, max_shapes=num_shapes, split="heldout")
+    return [(caption_for(scene), scene) for scene in map(data.scene, range(count))]

@@ -18,6 +18,7 @@ def _lookup(model_type: Any) -> tuple[type[ModelConfig], type[nn.Module]]:
     # Imported lazily so that importing glide.models stays cheap.
     from . import clip
     from .classifier import ClassifierConfig, NoisyClassifier
+    from .judge import JudgeConfig, ShapesJudge
 
     classes = {
         "text2im": (Text2ImConfig, Text2ImUNet),
@@ -25,6 +26,7 @@ def _lookup(model_type: Any) -> tuple[type[ModelConfig], type[nn.Module]]:
         "clip-text-enc": (clip.ClipConfig, clip.ClipTextEncoder),
         "clip": (clip.ClipConfig, clip.NoisedClip),
         "classifier": (ClassifierConfig, NoisyClassifier),
+        "shapes-judge": (JudgeConfig, ShapesJudge),
     }
     if model_type not in classes:
         raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(classes)}")

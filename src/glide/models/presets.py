@@ -76,6 +76,8 @@ _TABLE: dict[str, tuple[str, dict[str, Any]]] = {
                                n_vocab=257, tokenizer={"kind": "bytes"})),
     "tiny-classifier": ("classifier", dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
                                            attention_resolutions=(16, 8), num_head_channels=16)),
+    # The attribute classifier of the shapes domain (glide.evaluation), bundled as bundled:shapes-judge.
+    "shapes-judge": ("shapes-judge", {}),
 }
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({

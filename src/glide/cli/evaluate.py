@@ -1,0 +1,143 @@
+"""``glide eval samples`` and ``glide eval sweep``: caption accuracy, FID, precision / recall and
+CLIP score of images, written as JSON, CSV, grids and plots (``glide.evaluation``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import CONTEXT_SETTINGS, Number, command_body, log, warn
+
+_JUDGE_OPTION = click.option("--judge", default="bundled:shapes-judge", show_default=True, metavar="SPEC",
+                             help="The shapes judge (attribute classifier) checkpoint.")
+_SEED_OPTION = click.option("--seed", type=Number(integer=True, low=0), default=0, show_default=True,
+                            help="Seed of the reference renders' layouts, the bootstrap and the samples.")
+_FID_OPTION = click.option("--fid/--no-fid", default=True, show_default=True,
+                           help="Compute shapes-FID, precision and recall (needs a few images per set; "
+                                "the error says how many).")
+_CLIP_OPTION = click.option("--clip", metavar="SPEC", help="A noised CLIP checkpoint for the CLIP score (t=0).")
+
+
+def _shared_options(fn):
+    """The options both commands take: judge, CLIP, FID on/off, seed."""
+    for option in (_SEED_OPTION, _FID_OPTION, _CLIP_OPTION, _JUDGE_OPTION):
+        fn = option(fn)
+    return fn
+
+
+class _Scales(click.ParamType):
+    name = "scales"
+
+    def convert(self, value: Any, param, ctx) -> list[float]:
+        if isinstance(value, list):
+            return value
+        try:
+            scales = [float(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            scales = []
+        if not scales or any(not 0 <= s < float("inf") for s in scales):
+            self.fail(f"expected comma-separated guidance scales >= 0 such as 1,2,3,5, got {value!r}", param, ctx)
+        return scales
+
+
+@click.group("eval", context_settings=CONTEXT_SETTINGS)
+def evaluate() -> None:
+    """Measure images against their captions (shapes domain): judge accuracy, FID, CLIP score.
+
+    \b
+    Examples:
+      glide eval samples outputs/ --captions captions.txt -o eval/
+      glide eval sweep --model run/ --scales 1,2,3,5 --captions heldout:1:200 -o sweep/
+    """
+
+
+@evaluate.command("samples", context_settings=CONTEXT_SETTINGS)
+@click.argument("folder", type=click.Path(file_okay=False), metavar="DIR")
+@click.option("--captions", "captions_file", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="One caption per line in sorted file-name order, or a .jsonl of {\"file\", \"caption\"}.")
+@click.option("--reference", type=click.Path(file_okay=False), metavar="DIR",
+              help="Real images for FID / precision / recall (default: renders of the captions' scenes).")
+@click.option("--out", "-o", default="eval", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for results.json, results.csv, grid.png and accuracy.png.")
+@_shared_options
+@command_body
+def samples(folder: str, captions_file: str, reference: str | None, out: str, judge: str, clip: str | None,
+            fid: bool, seed: int) -> None:
+    """Evaluate the images in DIR against their captions."""
+    from ..evaluation.report import evaluate_images, load_image_folder, read_captions
+
+    files, images = load_image_folder(folder)
+    captions = read_captions(captions_file, files)
+    real = load_image_folder(reference)[1] if reference else None
+    judge_model, clip_model = _load_models(judge, clip)
+    log(f"evaluating {len(images)} images from {folder}")
+    result = evaluate_images(images, captions, judge_model, reference=real, clip=clip_model, files=files,
+                             fid=fid, seed=seed)
+    _write(Path(out), result.summary, result.rows, images)
+
+
+@evaluate.command("sweep", context_settings=CONTEXT_SETTINGS)
+@click.option("--model", required=True, metavar="SPEC", help="The base model (a checkpoint, run folder, bundled:NAME).")
+@click.option("--upsampler", default="none", show_default=True, metavar="SPEC|none", help="Upsampler, or none.")
+@click.option("--scales", default="1,2,3,5", show_default=True, type=_Scales(),
+              help="Classifier-free guidance scales to compare (1 = unguided).")
+@click.option("--captions", "caption_spec", default="heldout:1:200", show_default=True, metavar="SET",
+              help="heldout:OBJECTS:COUNT[:SEED] (held-out scenes) or a file of captions, one per line.")
+@click.option("--sampler", default="dpm++2m", show_default=True, help="The base stage's sampler.")
+@click.option("--steps", default="20", show_default=True, help="Base sampling steps (or a respacing string).")
+@click.option("--batch-size", type=Number(integer=True, low=1), default=50, show_default=True,
+              help="Images sampled at once.")
+@click.option("--out", "-o", default="sweep", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for results.json, results.csv, grid-scale-S.png and sweep.png.")
+@_shared_options
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@command_body
+def sweep(model: str, upsampler: str, scales: list[float], caption_spec: str, sampler: str, steps: str,
+          batch_size: int, out: str, judge: str, clip: str | None, fid: bool, seed: int, progress: bool) -> None:
+    """Sample the caption set at each guidance scale with a model, and evaluate each setting."""
+    from ..evaluation.plots import plot_sweep
+    from ..evaluation.report import caption_set
+    from ..evaluation.sweep import run_sweep
+    from ..pipelines import StageOptions, Text2ImagePipeline
+
+    captions, scenes = caption_set(caption_spec, seed)
+    options = StageOptions(sampler=sampler, timesteps=int(steps) if steps.isdigit() else steps)
+    pipeline = Text2ImagePipeline.from_pretrained(model, upsampler if upsampler.lower() != "none" else None)
+    judge_model, clip_model = _load_models(judge, clip)
+    out_dir = Path(out)
+    rows = run_sweep(pipeline, captions, scenes, scales, options, judge_model, clip=clip_model, fid=fid, seed=seed,
+                     batch_size=batch_size, out=out_dir, progress=progress)
+    _plot(lambda: plot_sweep(rows, out_dir / "sweep.png"))
+    for row in rows:
+        click.echo(f"scale {row['guidance_scale']:g}: caption accuracy {row['acc_caption']:.3f}"
+                   + (f", FID {row['fid']:.2f}" if "fid" in row else ""))
+
+
+def _load_models(judge: str, clip: str | None):
+    from ..checkpoints import load_for_role
+    from ..evaluation.judge import load_judge
+
+    return load_judge(judge), (load_for_role(clip, "clip") if clip else None)
+
+
+def _write(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], images) -> None:
+    from ..evaluation.plots import plot_accuracy
+    from ..evaluation.report import save_grid, write_csv, write_json
+
+    for path in (write_json(summary, out / "results.json"), write_csv(rows, out / "results.csv"),
+                 save_grid(images, out / "grid.png")):
+        click.echo(str(path))
+    _plot(lambda: plot_accuracy(summary, out / "accuracy.png"))
+    acc = summary["accuracy"]
+    log(f"caption accuracy {acc['caption']:.3f} (95% CI {summary['caption_accuracy_ci95'][0]:.3f}-"
+        f"{summary['caption_accuracy_ci95'][1]:.3f})" + (f", FID {summary['fid']:.2f}" if "fid" in summary else ""))
+
+
+def _plot(make) -> None:
+    """Write a plot, or say how to get matplotlib (the numbers are already written)."""
+    try:
+        click.echo(str(make()))
+    except ImportError as e:
+        warn(f"no plot written: {e}")

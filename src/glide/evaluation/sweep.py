@@ -1,0 +1,53 @@
+"""A guidance sweep: sample one caption set at several classifier-free guidance scales with a
+pipeline, evaluate each setting, write one grid per setting and the results table."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .report import evaluate_images, flat_summary, reference_renders, save_grid, write_csv, write_json
+
+
+def sample_captions(pipeline, captions: Sequence[str], options, *, seed: int = 0, batch_size: int = 50,
+                    progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+    """One image per caption ``[N, 3, H, W]`` in [-1, 1]; image j draws its noise from its own
+    generator (seed, j), so the images do not depend on ``batch_size``."""
+    chunks = []
+    bar = tqdm(total=len(captions), desc=desc, unit="img", disable=not progress, leave=False)
+    for start in range(0, len(captions), batch_size):
+        prompts = list(captions[start:start + batch_size])
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(len(prompts))]
+        out = pipeline(prompts, base=options, upsample=None if pipeline.upsampler is not None else False,
+                       generator=generators, progress=False)
+        chunks.append(out.samples.float().cpu())
+        bar.update(len(prompts))
+    bar.close()
+    return torch.cat(chunks)
+
+
+def run_sweep(pipeline, captions: Sequence[str], scenes, scales: Sequence[float], options, judge: nn.Module, *,
+              clip: nn.Module | None = None, fid: bool = True, seed: int = 0, batch_size: int = 50,
+              out: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """One summary row per guidance scale (``flat_summary`` plus ``guidance_scale``); with ``out``,
+    also ``grid-scale-S.png`` per scale, ``results.json`` and ``results.csv``."""
+    rows, reference = [], None
+    for scale in tqdm(scales, desc="guidance scales", disable=not progress):
+        images = sample_captions(pipeline, captions, dataclasses.replace(options, guidance_scale=scale), seed=seed,
+                                 batch_size=batch_size, progress=progress, desc=f"scale {scale:g}")
+        if fid and reference is None:  # the same real renders for every setting
+            reference = reference_renders(captions, images.shape[-1], seed, scenes)
+        result = evaluate_images(images, captions, judge, reference=reference, clip=clip, fid=fid, seed=seed)
+        rows.append({"guidance_scale": scale, **flat_summary(result.summary)})
+        if out is not None:
+            save_grid(images, Path(out) / f"grid-scale-{scale:g}.png")
+    if out is not None:
+        write_json(rows, Path(out) / "results.json")
+        write_csv(rows, Path(out) / "results.csv")
+    return rows
