@@ -73,7 +73,7 @@ _TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     # Byte tokens, so no vocabulary download; `glide sample --clip random` resizes it to the base's size.
     "tiny-clip": ("clip", dict(image_size=32, patch_size=4, n_embd=64, n_head_state_text=16, n_head_text=2,
                                n_xf_blocks_text=2, n_head_state_image=16, n_head_image=2, n_xf_blocks_image=2,
-                               n_vocab=257, tokenizer={"kind": "bytes"})),
+                               n_vocab=257, max_text_len=128, tokenizer={"kind": "bytes"})),
     "tiny-classifier": ("classifier", dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
                                            attention_resolutions=(16, 8), num_head_channels=16)),
     # The attribute classifier of the shapes domain (glide.evaluation), bundled as bundled:shapes-judge.
