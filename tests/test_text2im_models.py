@@ -145,21 +145,21 @@ def test_grad_checkpointing_gives_same_gradients():
 
 
 def test_norm_groups_decide_whether_the_model_sees_the_image_mean():
-    """One channel per GroupNorm group (32 channels, 32 groups: the tiny presets) erases every
+    """One channel per GroupNorm group (32 channels in the official 32 groups) erases every
     channel's spatial mean before the output conv, so eps cannot follow the mean of x_t and
-    samples come out tinted; ``norm_groups=8`` keeps it. Same parameters either way."""
-    default = build_preset("tiny-base", image_size=16)
-    grouped = build_preset("tiny-base", image_size=16, norm_groups=8)
+    samples come out tinted; the tiny presets' 8 groups keep it. Same parameters either way."""
+    blind = build_preset("tiny-base", image_size=16, norm_groups=32)
+    grouped = build_preset("tiny-base", image_size=16)
     norms = lambda m: [n for n in m.modules() if isinstance(n, torch.nn.GroupNorm)]
-    assert {n.num_groups for n in norms(default)} == {32} and {n.num_groups for n in norms(grouped)} == {8}
+    assert {n.num_groups for n in norms(blind)} == {32} and {n.num_groups for n in norms(grouped)} == {8}
     shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}
-    assert shapes(default) == shapes(grouped)
+    assert shapes(blind) == shapes(grouped)
     torch.manual_seed(0)
     h = torch.randn(2, 32, 8, 8)
     shift = torch.randn(1, 32, 1, 1)  # a different spatial mean for every channel
-    for model in (default, grouped):
+    for model in (blind, grouped):
         torch.nn.init.normal_(model.out[-1].weight)  # the output conv starts at zero
-    torch.testing.assert_close(default.out(h + shift), default.out(h), atol=1e-4, rtol=0)
+    torch.testing.assert_close(blind.out(h + shift), blind.out(h), atol=1e-4, rtol=0)
     assert (grouped.out(h + shift) - grouped.out(h)).abs().mean() > 0.1
     with pytest.raises(ValueError, match="norm_groups must divide num_channels 32"):
         preset_config("tiny-base", norm_groups=5)

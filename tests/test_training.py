@@ -504,3 +504,15 @@ def test_base_stage_loss_matches_the_formulas(caption_dropout, monkeypatch, tmp_
     else:
         expected_tokens, expected_mask = model.tokenize(batch["caption"])
         assert torch.equal(tokens, expected_tokens) and torch.equal(mask, expected_mask) and mask.any()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_configs_load_and_keep_two_channels_per_norm_group(path):
+    """Every committed recipe is a valid TrainConfig, and its text2im U-Nets can see the image mean."""
+    from glide.training.build import new_model_config
+    from glide.training.config import load_yaml, merge
+
+    cfg = merge(load_yaml(path), {"out": "unused"})
+    model_type, model_config = new_model_config(cfg)
+    if model_type == "text2im":
+        assert model_config.num_channels // model_config.norm_groups >= 2
