@@ -29,7 +29,7 @@ from glide.training.loader import DataStream, open_dataset
 from glide.training.stages import Text2ImStage, evaluate_loss, make_stage, sample_seeds
 from glide.training.state import ResumeError, list_step_dirs
 
-from .helpers import assert_same, metric_rows, tiny, weights
+from .helpers import REPO_ROOT, assert_same, metric_rows, tiny, weights
 
 # ------------------------------------------------------------------------------------------
 # Every stage lowers its loss on a fixed small batch
@@ -506,13 +506,13 @@ def test_base_stage_loss_matches_the_formulas(caption_dropout, monkeypatch, tmp_
         assert torch.equal(tokens, expected_tokens) and torch.equal(mask, expected_mask) and mask.any()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_committed_configs_load_and_keep_two_channels_per_norm_group(path):
     """Every committed recipe is a valid TrainConfig, and its text2im U-Nets can see the image mean."""
     from glide.training.build import new_model_config
     from glide.training.config import load_yaml, merge
 
     cfg = merge(load_yaml(path), {"out": "unused"})
-    model_type, model_config = new_model_config(cfg)
-    if model_type == "text2im":
+    model_config = new_model_config(cfg)
+    if model_config.model_type == "text2im":
         assert model_config.num_channels // model_config.norm_groups >= 2
