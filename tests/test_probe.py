@@ -97,3 +97,25 @@ def test_probe_command_on_a_run_folder(tmp_path, capsys):
     assert {"colour_accuracy", "shape_accuracy", "size_accuracy", "all_accuracy"} <= rows[0].keys()
     assert main([str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_training_logs_the_probe_every_n_steps(tmp_path):
+    """--probe-every puts the latest probe accuracies in every metrics row (NaN before the first)."""
+    import math
+
+    from .helpers import metric_rows, tiny
+
+    run = train(tiny(tmp_path / "run", steps=4, probe_every=2, probe_images=2, sample_weights="ema-0.99"))
+    rows = metric_rows(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(math.isnan(rows[0][k]) for k in ("probe_colour", "probe_shape", "probe_size", "probe_all"))
+    for row in rows[1:]:
+        assert all(0.0 <= row[k] <= 1.0 for k in ("probe_colour", "probe_shape", "probe_size", "probe_all"))
+    assert rows[2]["probe_shape"] == rows[1]["probe_shape"]  # step 3 repeats step 2's probe
+
+
+def test_probe_every_needs_a_base_stage():
+    from glide.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--probe-every .*--stage base"):
+        TrainConfig(stage="clip", model="tiny-clip", probe_every=10)

@@ -40,9 +40,10 @@ DEFAULT_MODEL = {
 _NUMBERS: dict[str, tuple[bool, float | None, float | None, bool, bool]] = {
     **{name: (True, 1, None, False, False) for name in (
         "steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps", "image_size",
-        "num_channels", "num_res_blocks", "text_ctx", "xf_heads", "low_res_size")},
+        "num_channels", "num_res_blocks", "text_ctx", "xf_heads", "low_res_size", "probe_images")},
     **{name: (True, 0, None, False, False) for name in (
-        "num_workers", "warmup_steps", "save_every", "keep", "sample_every", "xf_width", "xf_layers")},
+        "num_workers", "warmup_steps", "save_every", "keep", "sample_every", "xf_width", "xf_layers",
+        "probe_every")},
     "seed": (True, 0, 2**32 - 1, False, False),  # the data order mixes it into a 64-bit generator seed
     **{name: (False, 0, 1, False, False) for name in ("caption_dropout", "mask_full_prob")},
     **{name: (False, 0, 1, False, True) for name in ("dropout", "adam_beta1", "adam_beta2")},
@@ -141,6 +142,10 @@ class TrainConfig:
         "sampler of the sample grids (ddpm, ddim, plms, dpm++2m)"))
     sample_weights: str = field(default="model", metadata=_help(
         "weights for the sample grids: 'model' or 'ema-<rate>'"))
+    probe_every: int = field(default=0, metadata=_help(
+        "run the caption probe (base models on shapes captions) every N steps with --sample-weights; "
+        "its accuracies join the metrics rows (0 = never)"))
+    probe_images: int = field(default=42, metadata=_help("renders per caption probe (~1.7 s each, tiny base)"))
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
     tensorboard: bool = field(default=True, metadata=_help("also log to TensorBoard (when it is installed)"))
 
@@ -182,6 +187,9 @@ class TrainConfig:
                 f"--tokenizer must be 'glide-bpe', 'train:VOCAB_SIZE' or a .json file, got {self.tokenizer!r}")
         if self.sample_weights != "model" and not self.sample_weights.startswith("ema-"):
             raise ConfigError(f"--sample-weights must be 'model' or 'ema-<rate>', got {self.sample_weights!r}")
+        if self.probe_every and self.stage != "base":
+            raise ConfigError(
+                f"--probe-every probes a text-to-image base model (--stage base), not --stage {self.stage}")
         for name in ("low_res_blur", "low_res_noise"):
             parse_range(getattr(self, name), name)
 

@@ -44,14 +44,7 @@ class SampleGrid:
     def render(self, bare: nn.Module, ema: EMA, step: int, run_dir: Path,
                autocast=nullcontext) -> tuple[Path, torch.Tensor]:
         """Sample the grid with ``--sample-weights`` and save it; returns (path, grid [3, H, W])."""
-        config = self.config
-        model = bare
-        if config.sample_weights != "model":
-            rate = float(config.sample_weights.split("-", 1)[1])
-            if rate not in ema.rates:
-                raise ValueError(f"--sample-weights {config.sample_weights}: no such EMA (rates {list(ema.rates)})")
-            model = copy.deepcopy(bare)
-            ema.copy_to(rate, model)
+        model = sampling_weights(bare, ema, self.config.sample_weights)
         was_training = model.training
         model.eval()
         try:
@@ -87,3 +80,15 @@ class SampleGrid:
         if stage.super_res or stage.inpaint:
             rows.append(images)
         return make_grid(torch.cat(rows), columns=len(self.prompts))
+
+
+def sampling_weights(bare: nn.Module, ema: EMA, sample_weights: str) -> nn.Module:
+    """The model with ``--sample-weights``: ``bare`` itself, or a copy holding an EMA's weights."""
+    if sample_weights == "model":
+        return bare
+    rate = float(sample_weights.split("-", 1)[1])
+    if rate not in ema.rates:
+        raise ValueError(f"--sample-weights {sample_weights}: no such EMA (rates {list(ema.rates)})")
+    model = copy.deepcopy(bare)
+    ema.copy_to(rate, model)
+    return model

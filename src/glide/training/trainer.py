@@ -154,6 +154,8 @@ def train(config: TrainConfig) -> Path:
 
                 grid = SampleGrid(cfg, stage, references)
         meter = Meter(device)
+        # the latest caption-probe accuracies, in every metrics row once --probe-every is on
+        caption_probe = dict.fromkeys(PROBE_COLUMNS, float("nan")) if cfg.probe_every else {}
         progress = make_progress(cfg, step, enabled=env.is_main and cfg.progress)
         interval = {"steps": 0, "seconds": 0.0, "grad_norm": 0.0, "finite_steps": 0}
         checkpoint = None
@@ -217,8 +219,11 @@ def train(config: TrainConfig) -> Path:
                 interval["seconds"] += time.perf_counter() - started
                 progress.update(1)
 
+                if cfg.probe_every and step % cfg.probe_every == 0 and metrics is not None:
+                    caption_probe = run_probe(cfg, bare, ema)
+                    say("caption probe: " + ", ".join(f"{k} {v:.2f}" for k, v in caption_probe.items()))
                 if step % cfg.log_every == 0 or step == cfg.steps or stopping:
-                    row = log_row(cfg, step, lr, skipped, meter, interval, data, env)
+                    row = {**log_row(cfg, step, lr, skipped, meter, interval, data, env), **caption_probe}
                     if metrics is not None:
                         metrics.write(row)
                         progress.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
@@ -355,6 +360,19 @@ def readable_model_config(bare) -> dict[str, Any]:
     if isinstance(tokenizer, dict) and "json" in tokenizer:
         config["tokenizer"] = {"kind": tokenizer.get("kind"), "json": "(stored in the checkpoints)"}
     return config
+
+
+PROBE_COLUMNS = ("probe_colour", "probe_shape", "probe_size", "probe_all")
+
+
+def run_probe(cfg: TrainConfig, bare, ema: EMA) -> dict[str, float]:
+    """The caption probe on the sample weights (rank 0): accuracy of each attribute's words."""
+    from .probe import caption_probe
+    from .samples import sampling_weights
+
+    result = caption_probe(sampling_weights(bare, ema, cfg.sample_weights), images=cfg.probe_images)
+    values = (result.colour_accuracy, result.shape_accuracy, result.size_accuracy, result.all_accuracy)
+    return dict(zip(PROBE_COLUMNS, values, strict=True))
 
 
 def log_row(cfg: TrainConfig, step: int, lr: float, skipped: int, meter: Meter, interval: dict[str, float],
