@@ -119,3 +119,19 @@ def test_probe_every_needs_a_base_stage():
 
     with pytest.raises(ConfigError, match="--probe-every .*--stage base"):
         TrainConfig(stage="clip", model="tiny-clip", probe_every=10)
+
+
+def test_training_logs_the_judged_caption_accuracy_of_its_sample_grids(tmp_path):
+    """A base model's grid of shapes captions is read by the bundled judge; the latest accuracy is
+    in every metrics row (NaN before the first grid); free-form prompts are not judged."""
+    import math
+
+    from .helpers import metric_rows, tiny
+
+    run = train(tiny(tmp_path / "run", steps=3, sample_every=2, num_samples=2, sample_steps=2))
+    rows = metric_rows(run)
+    assert math.isnan(rows[0]["grid_caption_accuracy"])
+    assert all(0.0 <= row["grid_caption_accuracy"] <= 1.0 for row in rows[1:])
+    free = train(tiny(tmp_path / "free", steps=2, sample_every=2, num_samples=2, sample_steps=2,
+                      sample_prompts=("an oil painting of a corgi",)))
+    assert all("grid_caption_accuracy" not in row for row in metric_rows(free))

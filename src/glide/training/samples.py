@@ -39,22 +39,35 @@ class SampleGrid:
         generator = torch.Generator().manual_seed(config.seed)
         h, w = self.images.shape[2:]
         self.masks = torch.stack([random_mask(h, w, generator, full_prob=0.0) for _ in range(n)])
+        # A base model's grid of shapes captions is scored by the bundled shapes judge.
+        self.judged = not (stage.super_res or stage.inpaint) and all(map(_is_shapes_caption, self.prompts))
+        self._judge: nn.Module | None = None
 
     @torch.no_grad()
     def render(self, bare: nn.Module, ema: EMA, step: int, run_dir: Path,
-               autocast=nullcontext) -> tuple[Path, torch.Tensor]:
-        """Sample the grid with ``--sample-weights`` and save it; returns (path, grid [3, H, W])."""
+               autocast=nullcontext) -> tuple[Path, torch.Tensor, float | None]:
+        """Sample the grid with ``--sample-weights`` and save it; returns (path, grid [3, H, W],
+        whole-caption accuracy of its samples by the shapes judge, or None when not judged)."""
         model = sampling_weights(bare, ema, self.config.sample_weights)
         was_training = model.training
         model.eval()
         try:
-            grid = self._sample(model, autocast)
+            grid, samples = self._sample(model, autocast)
         finally:
             model.train(was_training)
         path = Path(run_dir) / "samples" / f"step-{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tensor_to_image(grid).save(path)
-        return path, grid
+        return path, grid, self.caption_accuracy(samples) if self.judged else None
+
+    def caption_accuracy(self, samples: torch.Tensor) -> float:
+        """The share of ``samples`` (one per prompt) that show their whole caption, by the judge."""
+        from ..evaluation.judge import judge_images, load_judge, mean_scores, score_captions
+
+        if self._judge is None:
+            self._judge = load_judge()
+        scenes, _ = judge_images(self._judge, samples.float().cpu())
+        return mean_scores(score_captions(self.prompts, scenes))["caption"]
 
     def _sample(self, model: nn.Module, autocast) -> torch.Tensor:
         config, stage = self.config, self.stage
@@ -79,7 +92,17 @@ class SampleGrid:
         rows.append(samples)
         if stage.super_res or stage.inpaint:
             rows.append(images)
-        return make_grid(torch.cat(rows), columns=len(self.prompts))
+        return make_grid(torch.cat(rows), columns=len(self.prompts)), samples
+
+
+def _is_shapes_caption(prompt: str) -> bool:
+    from ..data.shapes import parse_caption
+
+    try:
+        parse_caption(prompt)
+    except ValueError:
+        return False
+    return True
 
 
 def sampling_weights(bare: nn.Module, ema: EMA, sample_weights: str) -> nn.Module:

@@ -154,8 +154,11 @@ def train(config: TrainConfig) -> Path:
 
                 grid = SampleGrid(cfg, stage, references)
         meter = Meter(device)
-        # the latest caption-probe accuracies, in every metrics row once --probe-every is on
-        caption_probe = dict.fromkeys(PROBE_COLUMNS, float("nan")) if cfg.probe_every else {}
+        # The latest caption diagnostics, in every metrics row once they are on (NaN before the first):
+        # the probe's accuracies (--probe-every) and the judge's reading of the sample grid.
+        diagnostics = dict.fromkeys(PROBE_COLUMNS, float("nan")) if cfg.probe_every else {}
+        if grid is not None and grid.judged:
+            diagnostics[GRID_COLUMN] = float("nan")
         progress = make_progress(cfg, step, enabled=env.is_main and cfg.progress)
         interval = {"steps": 0, "seconds": 0.0, "grad_norm": 0.0, "finite_steps": 0}
         checkpoint = None
@@ -219,11 +222,17 @@ def train(config: TrainConfig) -> Path:
                 interval["seconds"] += time.perf_counter() - started
                 progress.update(1)
 
+                if grid is not None and step % cfg.sample_every == 0:
+                    path, image, accuracy = grid.render(bare, ema, step, run_dir, autocast)
+                    metrics.add_image("samples", image, step)
+                    say(f"samples: {path}" + (f" (caption accuracy {accuracy:.2f})" if accuracy is not None else ""))
+                    if accuracy is not None:
+                        diagnostics[GRID_COLUMN] = accuracy
                 if cfg.probe_every and step % cfg.probe_every == 0 and metrics is not None:
-                    caption_probe = run_probe(cfg, bare, ema)
-                    say("caption probe: " + ", ".join(f"{k} {v:.2f}" for k, v in caption_probe.items()))
+                    diagnostics.update(run_probe(cfg, bare, ema))
+                    say("caption probe: " + ", ".join(f"{k} {diagnostics[k]:.2f}" for k in PROBE_COLUMNS))
                 if step % cfg.log_every == 0 or step == cfg.steps or stopping:
-                    row = {**log_row(cfg, step, lr, skipped, meter, interval, data, env), **caption_probe}
+                    row = {**log_row(cfg, step, lr, skipped, meter, interval, data, env), **diagnostics}
                     if metrics is not None:
                         metrics.write(row)
                         progress.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
@@ -231,10 +240,6 @@ def train(config: TrainConfig) -> Path:
                         logger.info(f"step {step}/{cfg.steps}: " + ", ".join(
                             f"{k} {v:.4g}" for k, v in row.items() if k != "step" and isinstance(v, float | int)))
                     interval = {"steps": 0, "seconds": 0.0, "grad_norm": 0.0, "finite_steps": 0}
-                if grid is not None and step % cfg.sample_every == 0:
-                    path, image = grid.render(bare, ema, step, run_dir, autocast)
-                    metrics.add_image("samples", image, step)
-                    say(f"samples: {path}")
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping:
                     checkpoint = save(step)
                 if stopping:
@@ -363,6 +368,7 @@ def readable_model_config(bare) -> dict[str, Any]:
 
 
 PROBE_COLUMNS = ("probe_colour", "probe_shape", "probe_size", "probe_all")
+GRID_COLUMN = "grid_caption_accuracy"
 
 
 def run_probe(cfg: TrainConfig, bare, ema: EMA) -> dict[str, float]:
