@@ -516,3 +516,30 @@ def test_committed_configs_load_and_keep_two_channels_per_norm_group(path):
     model_config = new_model_config(cfg)
     if model_config.model_type == "text2im":
         assert model_config.num_channels // model_config.norm_groups >= 2
+
+
+@pytest.mark.parametrize("preset", ["tiny-base", "tiny-upsample"])
+def test_inpainting_from_a_plain_model_computes_the_same_until_trained(preset):
+    """GLIDE's inpainting fine-tune starts from the plain model: the new input channels are zero."""
+    from glide.training.build import inpainting_from
+
+    plain = create_model(preset_config(preset, image_size=16, text_ctx=24), 0).eval()
+    wide = inpainting_from(plain).eval()
+    assert wide.config.inpaint and wide.config == plain.config.replace(inpaint=True)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([10, 900])
+    tokens, mask = plain.tokenize(["a red circle", "a blue square"])
+    extra = {"low_res": torch.randn(2, 3, 4, 4, generator=g)} if plain.config.super_res else {}
+    image, keep = torch.randn(2, 3, 16, 16, generator=g), (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()
+    with torch.no_grad():
+        expected = plain(x, t, tokens, mask, **extra)
+        got = wide(x, t, tokens, mask, inpaint_image=image, inpaint_mask=keep, **extra)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inpaint_stage_fine_tunes_from_a_plain_base_run(tmp_path):
+    base = train(tiny(tmp_path / "base", steps=1))
+    run = train(tiny(tmp_path / "inpaint", stage="inpaint", model=None, init=str(base), tokenizer=None,
+                     model_overrides={}, steps=2))
+    model = load_model(run)
+    assert model.config.inpaint and not model.config.super_res

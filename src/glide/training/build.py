@@ -122,6 +122,8 @@ def load_init(spec: str, cfg: TrainConfig) -> nn.Module:
         model = load_model(spec)
     except CheckpointError as exc:
         raise ConfigError(f"--init {spec}: {exc}") from None
+    if cfg.stage in INPAINT_STAGES and getattr(model.config, "inpaint", True) is False:
+        model = inpainting_from(model)  # GLIDE fine-tunes its inpainting models from the plain ones
     overrides = cfg.size_overrides()
     if overrides:  # e.g. another resolution or dropout; shapes must still fit the weights
         config = model.config.to_dict()
@@ -132,6 +134,24 @@ def load_init(spec: str, cfg: TrainConfig) -> nn.Module:
             raise ConfigError(f"--init {spec} with overrides {overrides}: {exc}") from None
         model = changed
     return model.train()
+
+
+INPAINT_STAGES = ("inpaint", "upsample-inpaint")
+_FIRST_CONV = "input_blocks.0.0.weight"
+
+
+def inpainting_from(model: nn.Module) -> nn.Module:
+    """The inpainting variant of a text-to-image model with its weights. The first conv's four new
+    input channels (masked image, mask; they follow x_t, before an upsampler's low-res channels)
+    start at zero, so the new model computes what ``model`` does until it learns to use them."""
+    wide = build_model(model.config.replace(inpaint=True))
+    state = model.state_dict()
+    old = state[_FIRST_CONV]
+    first = torch.zeros_like(wide.state_dict()[_FIRST_CONV])
+    first[:, :3] = old[:, :3]  # x_t
+    first[:, 7:] = old[:, 3:]  # an upsampler's low-res input (none for a base)
+    load_weights(wide, {**state, _FIRST_CONV: first})
+    return wide.train(model.training)
 
 
 def load_checkpoint_model(checkpoint: Path, dropout: float | None) -> nn.Module:
