@@ -543,3 +543,26 @@ def test_inpaint_stage_fine_tunes_from_a_plain_base_run(tmp_path):
                      model_overrides={}, steps=2))
     model = load_model(run)
     assert model.config.inpaint and not model.config.super_res
+
+
+# ------------------------------------------------------------------------- timestep sampling
+def test_logit_normal_timestep_sampling_favours_the_middle_and_is_seeded():
+    from glide.training.stages import _timesteps, generators
+
+    seeds = list(range(4000))
+    uniform = _timesteps(generators(seeds), 1000, None)
+    middle = _timesteps(generators(seeds), 1000, (0.0, 1.0))
+    assert torch.equal(middle, _timesteps(generators(seeds), 1000, (0.0, 1.0)))  # a pure function of the seeds
+    assert 0 <= int(middle.min()) and int(middle.max()) <= 999
+    inner = lambda t: float(((t >= 250) & (t < 750)).float().mean())  # noqa: E731
+    assert abs(inner(uniform) - 0.5) < 0.03
+    assert abs(inner(middle) - 0.73) < 0.03  # P(|N(0, 1)| < logit(0.75) = 1.0986)
+    assert abs(float(middle.float().median()) - 500) < 25
+    shifted = _timesteps(generators(seeds), 1000, (1.0, 1.0))
+    assert float(shifted.float().median()) > 700  # sigmoid(1) = 0.73
+
+
+@pytest.mark.parametrize("value", ["beta", "logit-normal:0", "logit-normal:0,0", "logit-normal:0,nan", "uniform:1"])
+def test_bad_timestep_sampling_is_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match="--timestep-sampling must be"):
+        TrainConfig(out=str(tmp_path / "run"), timestep_sampling=value)

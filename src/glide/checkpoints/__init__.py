@@ -27,6 +27,7 @@ from .load import (
     bundled_names,
     bundled_path,
     checkpoint_config,
+    checkpoint_sampling,
     convert_checkpoint,
     is_random,
     load_clip,
@@ -47,7 +48,7 @@ from .specs import ModelSpec, load_for_role, load_pipeline_models, parse_spec, p
 __all__ = [
     "CONFIG_KEY", "OFFICIAL_CHECKPOINTS", "CheckpointError", "ModelSpec", "OfficialCheckpoint", "SpecError",
     "bundled_names", "bundled_path",
-    "checkpoint_config", "checkpoint_dir", "convert_checkpoint", "describe_mismatch",
+    "checkpoint_config", "checkpoint_dir", "checkpoint_sampling", "convert_checkpoint", "describe_mismatch",
     "download_official", "is_random", "latest_step_dir", "list_step_dirs", "load_clip", "load_for_role", "load_model",
     "load_pipeline_models", "load_weights", "official_checkpoint", "official_path",
     "official_status", "parse_spec", "plan_models", "read_checkpoint", "resolve_pair", "resolve_weights_file",

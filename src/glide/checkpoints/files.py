@@ -36,6 +36,7 @@ from ..errors import CheckpointError
 from ..models.config import ModelConfig
 
 CONFIG_KEY = "glide_config"
+SAMPLING_KEY = "glide_sampling"  # optional: the sampler, steps and guidance scale the model is best used with
 FORMAT_KEY = "glide_format"
 FORMAT_VERSION = "1"
 EMA_FILES_KEY = "glide_ema_files"  # in model.safetensors of a step: the EMA files written beside it
@@ -279,6 +280,26 @@ def read_file_config(path: Path) -> dict[str, Any] | None:
     return parse_config(read_metadata(path).get(CONFIG_KEY), path) if is_safetensors(path) else None
 
 
+def read_sampling(path: Path) -> dict[str, Any] | None:
+    """The recommended sampling (``{"sampler", "timesteps", "guidance_scale"}``) a file's header
+    records, or None (a ``.pt``, or a file written without one)."""
+    if not is_safetensors(path):
+        return None
+    text = read_metadata(path).get(SAMPLING_KEY)
+    return None if text is None else _json_object(text, SAMPLING_KEY, path)
+
+
+def _json_object(raw: str, key: str, path: Path) -> dict[str, Any]:
+    """A header entry that holds a JSON object, or a ``CheckpointError`` naming the file and key."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the {key} metadata is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: the {key} metadata must be a JSON object, got {raw[:80]!r}")
+    return value
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read ``(state_dict, config dict or None)`` from a ``.safetensors`` or ``.pt`` file, safely.
 
@@ -324,10 +345,7 @@ def _unpickle_reason(e: Exception) -> str:
 def parse_config(raw: str | None, path: Path) -> dict[str, Any] | None:
     if raw is None:
         return None
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the {CONFIG_KEY} metadata is not valid JSON ({e})") from e
-    if not isinstance(config, dict) or "model_type" not in config:
+    config = _json_object(raw, CONFIG_KEY, path)
+    if "model_type" not in config:
         raise CheckpointError(f"{path}: the {CONFIG_KEY} metadata has no 'model_type'")
     return config

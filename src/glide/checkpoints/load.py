@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,15 @@ def checkpoint_config(name_or_path: str | Path, *, weights: str = "ema", cache_d
     return config
 
 
+def checkpoint_sampling(name_or_path: str | Path, *, weights: str = "ema", cache_dir=None) -> dict[str, Any] | None:
+    """The recommended sampling a checkpoint's header records (see ``glide convert --sampler``), or
+    None: presets, official checkpoints and files without one use the library's default recipe."""
+    if random_preset(name_or_path) is not None or official_key(str(name_or_path)) is not None:
+        return None
+    path, _ = _resolve(name_or_path, weights, cache_dir)
+    return files.read_sampling(path)
+
+
 def _clip_type_from_keys(state: dict[str, torch.Tensor]) -> str:
     if any(k.startswith("image_encoder.") for k in state):
         return "clip"
@@ -243,7 +253,9 @@ def load_model(
     model = meta_model(_config_for(state, file_config, official, path, config))
     what = f"the official {official.name!r} checkpoint {path}" if official else f"checkpoint {path}"
     check_fits(model, state, what)
-    return _finish(materialize(model, state, what), device, dtype)
+    model = _finish(materialize(model, state, what), device, dtype)
+    model.recommended_sampling = files.read_sampling(path)  # glide.pipelines samples with it by default
+    return model
 
 
 def load_clip(
@@ -322,10 +334,15 @@ def convert_checkpoint(
     weights: str = "ema",
     cache_dir: str | Path | None = None,
     overwrite: bool = False,
+    half: bool = False,
+    sampling: dict[str, Any] | None = None,
 ) -> Path:
     """An official ``.pt`` (or any checkpoint) -> ``.safetensors`` with the config in its metadata.
 
-    Tensors keep their stored dtype (the official float16 files stay float16). The keys and
+    Tensors keep their stored dtype (the official float16 files stay float16); ``half=True``
+    stores float32 tensors as float16 (half the size; loading upcasts them again). ``sampling``
+    (``{"sampler", "timesteps", "guidance_scale"}``) is recorded in the header as the model's
+    recommended sampling, which the pipelines and ``glide sample`` use by default. The keys and
     shapes are checked against the model first, so a converted file always loads. ``dst``
     defaults to ``src`` with a ``.safetensors`` suffix (for an official name: beside it in the
     cache, where ``load_model(NAME)`` finds it first). Never overwrites ``src``, nor an existing
@@ -342,4 +359,9 @@ def convert_checkpoint(
     state, file_config = files.read_checkpoint(path)
     config_obj = _config_for(state, file_config, official, path, config)
     check_fits(meta_model(config_obj), state, f"checkpoint {path}")
-    return files.save_state_dict(state, config_obj.to_dict(), dst, metadata={"glide_converted_from": path.name})
+    if half:
+        state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+    metadata = {"glide_converted_from": path.name}
+    if sampling is not None:
+        metadata[files.SAMPLING_KEY] = json.dumps(dict(sampling))
+    return files.save_state_dict(state, config_obj.to_dict(), dst, metadata=metadata)

@@ -3,6 +3,9 @@
 A spec names where a model comes from:
 
 * ``openai``: the official model of the role (``base`` / ``upsample``, or the inpainting pair);
+* ``bundled``: the model of the role in the cascade shipped inside the package (trained by glide on
+  the shapes data; offline): ``shapes-base``, ``shapes-upsample``, their inpainting variants,
+  ``shapes-clip`` and ``shapes-classifier``;
 * ``openai:NAME`` or an official ``NAME`` (``base``, ``upsample-inpaint``, ...; aliases accepted);
 * ``PATH``: a ``.pt`` / ``.safetensors`` file, a checkpoint folder or a training-run folder;
 * ``bundled:NAME``: a model shipped inside the package (``glide/bundled/NAME.safetensors``);
@@ -28,6 +31,7 @@ from ..models import PRESETS
 from .load import (
     BUNDLED_PREFIX,
     RANDOM_PREFIX,
+    bundled_names,
     bundled_path,
     checkpoint_config,
     is_random,
@@ -49,6 +53,12 @@ from .registry import (
 )
 
 OPENAI = "openai"  # the official model of the role (base + upsample, or the inpainting pair)
+BUNDLED = "bundled"  # the bundled cascade's model of the role (glide/bundled/shapes-*.safetensors)
+BUNDLED_CASCADE = {  # (role, inpaint) -> bundled:NAME
+    ("base", False): "shapes-base", ("upsampler", False): "shapes-upsample",
+    ("base", True): "shapes-base-inpaint", ("upsampler", True): "shapes-upsample-inpaint",
+    ("clip", False): "shapes-clip", ("classifier", False): "shapes-classifier",
+}
 RANDOM_CLIP = "random"  # a tiny randomly initialised noised CLIP, for trying CLIP guidance / reranking
 NONE = "none"  # no upsampler
 ROLES = ("base", "upsampler", "clip", "classifier")
@@ -56,7 +66,8 @@ COMMANDS = {"sample": False, "edit": False, "inpaint": True}  # command -> uses 
 _OPTIONS = {"base": "--model", "upsampler": "--upsampler", "clip": "--clip", "classifier": "--classifier"}
 
 __all__ = [
-    "ModelPlan", "ModelSpec", "OPENAI", "RANDOM_CLIP", "RANDOM_PREFIX", "check_role", "is_random",
+    "BUNDLED", "BUNDLED_CASCADE", "ModelPlan", "ModelSpec", "OPENAI", "RANDOM_CLIP", "RANDOM_PREFIX", "bundled_for",
+    "check_role", "is_random",
     "load_for_role", "load_pipeline_models", "parse_spec", "plan_models", "require_downloaded",
     "resolve_pair",
 ]
@@ -94,12 +105,19 @@ class ModelSpec:
 
 def _unknown(spec: str, role: str) -> SpecError:
     if role == "clip":
-        return SpecError(f"no CLIP checkpoint {spec!r}: use {OPENAI}, {RANDOM_CLIP} or a path", "--clip")
+        return SpecError(f"no CLIP checkpoint {spec!r}: use {BUNDLED}, {OPENAI}, {RANDOM_CLIP} or a path", "--clip")
     names = ", ".join(OFFICIAL_CHECKPOINTS)
     return SpecError(
-        f"no checkpoint {spec!r}: not a file or folder. Valid names: {OPENAI}, {names}, a .pt/.safetensors "
-        f"file, a checkpoint or training-run folder, or random:PRESET (presets: {', '.join(PRESETS)})",
+        f"no checkpoint {spec!r}: not a file or folder. Valid names: {BUNDLED}, {OPENAI}, {names}, "
+        f"a .pt/.safetensors file, a checkpoint or training-run folder, or random:PRESET "
+        f"(presets: {', '.join(PRESETS)})",
         _OPTIONS.get(role))
+
+
+def bundled_for(role: str, inpaint: bool = False) -> str | None:
+    """``bundled:NAME`` of the bundled cascade's model for ``role``, or None if this install has none."""
+    name = BUNDLED_CASCADE.get((role, inpaint and role in ("base", "upsampler")))
+    return BUNDLED_PREFIX + name if name is not None and name in bundled_names() else None
 
 
 def parse_spec(spec: str | Path, role: str = "base", *, inpaint: bool = False) -> ModelSpec:
@@ -115,6 +133,14 @@ def parse_spec(spec: str | Path, role: str = "base", *, inpaint: bool = False) -
             return ModelSpec(given, "clip-pair", *CLIP_HALVES)
         if given == RANDOM_CLIP:
             return ModelSpec(given, "random-clip", RANDOM_CLIP)
+    if given == BUNDLED:
+        bundled = bundled_for(role, inpaint)
+        if bundled is None:
+            kind = "inpainting " * inpaint + role
+            have = ", ".join(bundled_names()) or "none"
+            raise SpecError(f"this install has no bundled {kind} model (bundled: {have}); pass a checkpoint path "
+                            f"or {OPENAI}", _OPTIONS[role])
+        return ModelSpec(given, "bundled", str(bundled_path(bundled)))
     if given == OPENAI:
         if role not in ("base", "upsampler"):
             raise SpecError(f"{OPENAI!r} names no official {role} model; pass a checkpoint path", _OPTIONS[role])
@@ -172,7 +198,8 @@ def resolve_pair(command: str, model: str, upsampler: str | None) -> tuple[Model
     """The (base, upsampler or None) specs of a command (``sample``, ``edit`` or ``inpaint``).
 
     ``upsampler=None`` picks one automatically: the matching ``random:`` preset for a random base
-    (none if that preset does not exist), else the official upsampler; ``"none"`` means no upsampler.
+    (none if that preset does not exist), the bundled upsampler for a bundled base (none if this
+    install has none), else the official upsampler; ``"none"`` means no upsampler.
     """
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; valid: {', '.join(COMMANDS)}")
@@ -182,6 +209,8 @@ def resolve_pair(command: str, model: str, upsampler: str | None) -> tuple[Model
         if base.kind == "random":
             candidate = base.given.replace("base", "upsample", 1)
             upsampler = candidate if candidate[len(RANDOM_PREFIX):] in PRESETS else NONE
+        elif base.kind == "bundled":
+            upsampler = BUNDLED if bundled_for("upsampler", inpaint) else NONE
         else:
             upsampler = OPENAI
     if upsampler.lower() == NONE:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .common import CONTEXT_SETTINGS, Number, command_body, log, warn
-from .options import OPENAI, RANDOM_CLIP, check_prompts, default_max_batch, load_image_param, sampling_options
+from .options import BUNDLED, OPENAI, RANDOM_CLIP, check_prompts, default_max_batch, load_image_param, sampling_options
 from .outputs import ImageWriter
 from .prepare import Run, prepare
 
@@ -26,13 +26,14 @@ def guidance_options(fn: Callable) -> Callable:
         click.option("--clip-scale", type=Number(low=0), metavar="SCALE",
                      help="Noised-CLIP gradient guidance towards the prompt, >= 0 (0 = off; default off). "
                           "Stacks with --guidance-scale; the CLIP model is --clip."),
-        click.option("--clip", metavar=f"{OPENAI}|PATH|{RANDOM_CLIP}",
-                     help=f"Noised CLIP for --clip-scale and --rerank: '{OPENAI}' (clip-image-enc + "
-                          f"clip-text-enc), a checkpoint path, or '{RANDOM_CLIP}' (tiny, untrained). "
-                          f"Default when needed: {OPENAI}."),
-        click.option("--classifier", metavar="PATH",
-                     help="A noisy-image classifier checkpoint (glide train --stage classifier) to guide "
-                          "the base stage towards --class-label."),
+        click.option("--clip", metavar=f"{BUNDLED}|{OPENAI}|PATH|{RANDOM_CLIP}",
+                     help=f"Noised CLIP for --clip-scale and --rerank: '{BUNDLED}' (the bundled cascade's), "
+                          f"'{OPENAI}' (clip-image-enc + clip-text-enc), a checkpoint path, or '{RANDOM_CLIP}' "
+                          f"(tiny, untrained). Default when needed: {BUNDLED} for a bundled --model, else {OPENAI}."),
+        click.option("--classifier", metavar=f"{BUNDLED}|PATH",
+                     help=f"A noisy-image classifier to guide the base stage towards --class-label: "
+                          f"'{BUNDLED}' (the bundled cascade's, over the shape-colour labels) or a checkpoint "
+                          f"(glide train --stage classifier)."),
         click.option("--class-label", type=Number(integer=True, low=0), metavar="N",
                      help="The class --classifier guides towards (0 .. its number of classes - 1)."),
         click.option("--classifier-scale", type=Number(low=0), default=1.0, show_default=True, metavar="SCALE",
@@ -43,8 +44,9 @@ def guidance_options(fn: Callable) -> Callable:
     return fn
 
 
-def _check_guidance(g: dict[str, Any], rerank: int | None = None) -> str | None:
-    """The CLIP spec to load (or None); refuses a classifier without a label and the reverse."""
+def _check_guidance(g: dict[str, Any], model: str, rerank: int | None = None) -> str | None:
+    """The CLIP spec to load (or None): ``--clip``, else the one matching ``--model``; refuses a
+    classifier without a label and the reverse."""
     if (g["classifier"] is None) != (g["class_label"] is None):
         missing = "--class-label" if g["class_label"] is None else "--classifier"
         given = "--classifier" if g["class_label"] is None else "--class-label"
@@ -52,7 +54,8 @@ def _check_guidance(g: dict[str, Any], rerank: int | None = None) -> str | None:
     needs_clip = g["clip_scale"] is not None or rerank is not None
     if not needs_clip and g["clip"] is not None:
         warn("--clip is only used with --clip-scale or --rerank; ignoring it")
-    return (g["clip"] or OPENAI) if needs_clip else None
+    bundled_model = model == BUNDLED or model.startswith(BUNDLED + ":")
+    return (g["clip"] or (BUNDLED if bundled_model else OPENAI)) if needs_clip else None
 
 
 def _cond_fns(run: Run, g: dict[str, Any]) -> tuple:
@@ -136,14 +139,17 @@ def sample(prompts: tuple[str, ...], rerank: int | None, **options) -> None:
     """Generate images from text: 64 px base model, then the 4x upsampler.
 
     Quote each prompt; several prompts make one batch. Writes <prompt>-<seed>-<k>.png per image
-    and grid-<seed>.png into --output, and prints their paths. --model defaults to the official
-    model (download it first); random:tiny-base runs offline with untrained weights.
+    and grid-<seed>.png into --output, and prints their paths. --model defaults to the bundled
+    shapes cascade (offline, 32 -> 64 px: it knows 1-3 shapes, colours, sizes and where they are);
+    --model openai is the official 64 -> 256 px pair (download it first).
 
     \b
     Examples:
+      glide sample "a small red circle above a large blue square"
+      glide sample "a large green star" -n 8 --seed 0 --guidance-scale 4
       glide sample "an oil painting of a corgi" --model openai
-      glide sample "a fall landscape" "a surrealist dream-like oil painting" -n 4 --seed 0
-      glide sample "a corgi" --recipe notebook --guidance-scale 3 --clip-scale 1 -o corgis
+      glide sample "a fall landscape" "a surrealist dream-like oil painting" --model openai -n 4
+      glide sample "a corgi" --model openai --recipe notebook --clip-scale 1 -o corgis
       glide sample "a red circle above a blue square" --model random:tiny-base --upsampler random:tiny-upsample
     """
     from ..pipelines import Text2ImagePipeline
@@ -151,7 +157,7 @@ def sample(prompts: tuple[str, ...], rerank: int | None, **options) -> None:
     guidance = _split(options)
     if rerank is not None and rerank < options["num_images"]:
         raise click.UsageError(f"--rerank {rerank} must be >= --num-images {options['num_images']}")
-    clip = _check_guidance(guidance, rerank)
+    clip = _check_guidance(guidance, options["model"], rerank)
     run = prepare("sample", list(prompts), options, clip=clip, classifier=guidance["classifier"],
                   class_label=guidance["class_label"])
     cond_fns = _cond_fns(run, guidance)
@@ -187,12 +193,14 @@ _IMAGE = click.Path(exists=True, dir_okay=False)
 def inpaint(prompt: str, image, mask, **options) -> None:
     """Repaint the white region of --mask in --image from a text prompt.
 
-    --model openai (the default) means the official base-inpaint + upsample-inpaint pair.
+    --model defaults to the bundled shapes inpainting models; --model openai means the official
+    base-inpaint + upsample-inpaint pair.
 
     \b
     Examples:
+      glide inpaint "a large blue square" --image scene.png --mask mask.png -n 4
       glide download base-inpaint upsample-inpaint
-      glide inpaint "a corgi wearing a bow tie" --image photo.png --mask mask.png -n 4
+      glide inpaint "a corgi wearing a bow tie" --image photo.png --mask mask.png --model openai
       glide inpaint "a blue square" -i in.png --mask m.png --model random:tiny-base-inpaint
     """
     from ..pipelines import InpaintPipeline
@@ -203,8 +211,8 @@ def inpaint(prompt: str, image, mask, **options) -> None:
                                  f"aspect ratio (ideally the same size)", param_hint="--mask")
     _check_square(image, "the image")
     guidance = _split(options)
-    run = prepare("inpaint", [prompt], options, clip=_check_guidance(guidance), classifier=guidance["classifier"],
-                  class_label=guidance["class_label"])
+    run = prepare("inpaint", [prompt], options, clip=_check_guidance(guidance, options["model"]),
+                  classifier=guidance["classifier"], class_label=guidance["class_label"])
     cond_fns = _cond_fns(run, guidance)
     pipe = InpaintPipeline(run.base_model, run.upsampler)
 
@@ -228,17 +236,20 @@ def inpaint(prompt: str, image, mask, **options) -> None:
 def edit(prompt: str, image, strength: float, **options) -> None:
     """Edit an image with a prompt (SDEdit): noise it part-way, then denoise it with the text.
 
+    --model defaults to the bundled shapes cascade; --model openai means the official pair.
+
     \b
     Examples:
-      glide edit "a watercolor painting of a lighthouse" --image photo.jpg --strength 0.6
+      glide edit "a large green circle" --image scene.png --strength 0.6
+      glide edit "a watercolor painting of a lighthouse" --image photo.jpg --model openai
       glide edit "a red square" -i in.png --model random:tiny-base --seed 0
     """
     from ..pipelines import ImageToImagePipeline
 
     _check_square(image, "the image")
     guidance = _split(options)
-    run = prepare("edit", [prompt], options, clip=_check_guidance(guidance), classifier=guidance["classifier"],
-                  class_label=guidance["class_label"])
+    run = prepare("edit", [prompt], options, clip=_check_guidance(guidance, options["model"]),
+                  classifier=guidance["classifier"], class_label=guidance["class_label"])
     cond_fns = _cond_fns(run, guidance)
     run.metadata.update(strength=strength)
     pipe = ImageToImagePipeline(run.base_model, run.upsampler, run.clip)

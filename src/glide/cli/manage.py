@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT_SETTINGS, command_body, log
+from .common import CONTEXT_SETTINGS, Number, command_body, log
+from .options import check_sampler
 
 _CACHE_DIR_OPTION = click.option(
     "--cache-dir", type=click.Path(file_okay=False),
@@ -56,25 +57,48 @@ def download(names: tuple[str, ...], cache_dir: str | None, progress: bool) -> N
 @click.argument("dst", required=False, type=click.Path(dir_okay=False))
 @_CACHE_DIR_OPTION
 @click.option("--force", "-f", is_flag=True, help="Overwrite DST if it exists.")
+@click.option("--weights", default="ema", show_default=True,
+              help="For a run or step folder: ema (the slowest EMA), model, or a file stem such as ema-0.999.")
+@click.option("--half", is_flag=True, help="Store float32 tensors as float16 (half the size; loading upcasts).")
+@click.option("--sampler", callback=check_sampler, metavar="NAME",
+              help="Record the sampler the model is best used with; 'glide sample' and the pipelines "
+                   "then use it by default (with --steps and --guidance-scale).")
+@click.option("--steps", type=Number(integer=True, low=1), help="The recommended steps (with --sampler).")
+@click.option("--guidance-scale", type=Number(low=0), help="The recommended guidance scale (with --sampler).")
+@click.option("--strength", type=Number(low=0, high=1, low_open=True),
+              help="The recommended strength (with --sampler): an upsampler below 1 starts from its noised input.")
 @command_body
-def convert(src: str, dst: str | None, cache_dir: str | None, force: bool) -> None:
+def convert(src: str, dst: str | None, cache_dir: str | None, force: bool, weights: str, half: bool,
+            sampler: str | None, steps: int | None, guidance_scale: float | None, strength: float | None) -> None:
     """Convert a checkpoint to .safetensors with its config stored inside.
 
-    SRC is an official name (downloaded), a .pt/.safetensors file or a checkpoint folder;
+    SRC is an official name (downloaded), a .pt/.safetensors file, a checkpoint or run folder;
     DST defaults to SRC with the .safetensors suffix.
 
     \b
     Examples:
       glide convert base                      # next to the cached base.pt
       glide convert upsample.pt upsample.safetensors
+      glide convert runs/base32 base.safetensors --half --sampler ddpm --steps 100 --guidance-scale 3
     """
     from ..checkpoints import OFFICIAL_CHECKPOINTS, convert_checkpoint
     from ..checkpoints.specs import require_downloaded
 
+    sampling = None
+    if sampler is not None:
+        from ..pipelines import StageOptions
+
+        given = {"timesteps": steps, "guidance_scale": guidance_scale, "strength": strength}
+        stage = StageOptions(sampler=sampler, **{k: v for k, v in given.items() if v is not None})
+        sampling = {k: getattr(stage, k) for k in ("sampler", "timesteps", "guidance_scale", "strength")}
+    elif steps is not None or guidance_scale is not None or strength is not None:
+        raise click.UsageError("--steps, --guidance-scale and --strength record a recommended sampling: "
+                               "give --sampler too")
     if src in OFFICIAL_CHECKPOINTS:
         require_downloaded([src], cache_dir)
     started = time.perf_counter()
-    path = convert_checkpoint(src, dst, cache_dir=cache_dir, overwrite=force)
+    path = convert_checkpoint(src, dst, weights=weights, cache_dir=cache_dir, overwrite=force, half=half,
+                              sampling=sampling)
     log(f"converted {src} in {time.perf_counter() - started:.1f}s")
     click.echo(str(path))
 

@@ -15,6 +15,7 @@ import click
 from .common import SMALL_MODEL_PARAMS, Number, Threads
 
 OPENAI = "openai"  # the official pair of the command (glide.checkpoints.specs.OPENAI)
+BUNDLED = "bundled"  # the bundled shapes cascade (glide.checkpoints.specs.BUNDLED)
 RANDOM_CLIP = "random"  # a tiny randomly initialised noised CLIP (glide.checkpoints.specs.RANDOM_CLIP)
 RECIPES = ("default", "notebook")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -87,16 +88,18 @@ def load_image_param(ctx: click.Context, param: click.Parameter, value: str | No
 def sampling_options(fn: Callable) -> Callable:
     """The options every generating command takes."""
     options = [
-        click.option("--model", "-m", default=OPENAI, show_default=True, metavar="NAME|PATH",
-                     help=f"Base model: '{OPENAI}' (the official pair, downloaded with 'glide download'), "
-                          "an official name, a .pt/.safetensors file, a checkpoint or training-run folder, "
-                          "or random:PRESET for a randomly initialised preset (e.g. random:tiny-base; "
-                          "untrained, for testing)."),
+        click.option("--model", "-m", default=BUNDLED, show_default=True, metavar="NAME|PATH",
+                     help=f"Base model: '{BUNDLED}' (the small shapes cascade inside the package: offline, "
+                          f"seconds on a CPU), '{OPENAI}' (the official pair, downloaded with 'glide download'), "
+                          "an official name, bundled:NAME, a .pt/.safetensors file, a checkpoint or "
+                          "training-run folder, or random:PRESET for a randomly initialised preset "
+                          "(e.g. random:tiny-base; untrained, for testing)."),
         click.option("--upsampler", metavar="NAME|PATH|none",
                      help="Upsampler model (same forms as --model), or 'none' to keep the base images. "
-                          "Default: the official upsampler, or the matching random:tiny-* preset."),
+                          "Default: the one matching --model (bundled, official, or random:tiny-*)."),
         click.option("--recipe", type=click.Choice(RECIPES), default="default", show_default=True,
-                     help="default: DPM-Solver++ 20 + 5 steps. notebook: the official notebook's "
+                     help="default: what each model's checkpoint recommends (the bundled cascade: DDPM), "
+                          "else DPM-Solver++ 20 + 5 steps. notebook: the official notebook's "
                           "100 DDPM steps + fast27 upsampling."),
         click.option("--sampler", callback=check_sampler, metavar="NAME",
                      help="Base-stage sampler: ddpm, ddim, plms, dpm++2m (default: from --recipe)."),

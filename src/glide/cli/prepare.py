@@ -33,11 +33,18 @@ class Run:
 
 
 def stage_options(recipe: str, sampler: str | None, steps: int | None, upsample_sampler: str | None,
-                  upsample_steps: int | None, guidance_scale: float | None):
-    """The two stages' StageOptions: the recipe, with the command-line overrides applied."""
-    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE
+                  upsample_steps: int | None, guidance_scale: float | None, recommended=(None, None)):
+    """The two stages' StageOptions: the recipe, with the command-line overrides applied.
 
-    recipes = (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE) if recipe == "notebook" else (DEFAULT_BASE, DEFAULT_UPSAMPLE)
+    ``recommended``: the (base, upsampler) sampling their checkpoints record, or None each; the
+    default recipe uses them where given."""
+    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, StageOptions
+
+    if recipe == "notebook":
+        recipes = (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE)
+    else:
+        recipes = tuple(StageOptions(**r) if r else d for r, d in zip(recommended, (DEFAULT_BASE, DEFAULT_UPSAMPLE),
+                                                                         strict=True))
     overrides = ({"sampler": sampler, "timesteps": steps, "guidance_scale": guidance_scale},
                  {"sampler": upsample_sampler, "timesteps": upsample_steps})
     stages = []
@@ -71,6 +78,14 @@ def plan(command: str, options: dict[str, Any], clip: str | None, classifier: st
     except SpecError as e:
         raise _spec_error(e) from None
     return models, spec
+
+
+def recommended_sampling(models, cache_dir) -> tuple[dict | None, dict | None]:
+    """The sampling the planned base and upsampler checkpoints recommend (header only), or None each."""
+    from ..checkpoints import checkpoint_sampling
+
+    return tuple(checkpoint_sampling(spec.source, cache_dir=cache_dir) if spec is not None and
+                 spec.kind in ("path", "bundled") else None for spec in (models.base, models.upsampler))
 
 
 def model_config(spec, cache_dir) -> dict[str, Any] | None:
@@ -140,9 +155,12 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
             classifier: str | None = None, class_label: int | None = None) -> Run:
     """Check everything cheap first (options, specs, prompts), then load the models."""
     started = time.perf_counter()
-    base, up = stage_options(options["recipe"], options["sampler"], options["steps"], options["upsample_sampler"],
-                             options["upsample_steps"], options["guidance_scale"])
+    stage_options(options["recipe"], options["sampler"], options["steps"], options["upsample_sampler"],
+                  options["upsample_steps"], options["guidance_scale"])  # bad values fail before the specs
     models, classifier_spec = plan(command, options, clip, classifier, class_label)
+    base, up = stage_options(options["recipe"], options["sampler"], options["steps"], options["upsample_sampler"],
+                             options["upsample_steps"], options["guidance_scale"],
+                             recommended_sampling(models, options["cache_dir"]))
     check_prompt_length(prompts, models, options["cache_dir"])
     from ..devices import resolve_device, resolve_dtype
 
@@ -155,7 +173,8 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
                               classifier_spec.is_random else ())
     if random:
         warn(f"RANDOM WEIGHTS ({', '.join(random)}): untrained models, the images will be noise. "
-             f"For real images run 'glide download base upsample' and use --model openai.")
+             f"For real images leave out --model (the bundled cascade), or run 'glide download base upsample' "
+             f"and use --model openai.")
     set_threads(options["threads"], loaded.values(), device)
     seed = options["seed"] if options["seed"] is not None else secrets.randbelow(2**31)
     log(f"seed: {seed}")

@@ -20,11 +20,10 @@ from .text2im import (
     Text2ImagePipeline,
     check_call,
     device_of,
-    randn,
+    noised_start,
     run_stage,
     stage_callback,
     stage_diffusion,
-    truncate_diffusion,
     upsample_stage,
 )
 
@@ -69,7 +68,7 @@ class InpaintPipeline:
         """image: PIL / path / tensor; mask: white (1) = region to repaint. Returns the edited images.
         ``guidance_scale`` and ``cond_fns`` guide the base stage as in :class:`Text2ImagePipeline`."""
         call = check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
-                           generator)
+                           generator, self.base, self.upsampler)
         batch = len(call.prompts)
         source, keep = self._inputs(image, mask, self.base.config.image_size, batch, self.base)
         up_source = up_keep = None
@@ -122,14 +121,10 @@ class ImageToImagePipeline(Text2ImagePipeline):
     ) -> PipelineOutput:
         strength = check_number("strength", strength, low=0.0, high=1.0, low_open=True)
         call = check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
-                           generator)
+                           generator, self.base, self.upsampler)
         n = len(call.prompts)
         x0 = load_rgb(image, self.base.config.image_size).expand(n, -1, -1, -1)
-        full = stage_diffusion(self.base, call.base)
-        start = max(1, round(strength * full.num_timesteps))
-        diffusion = truncate_diffusion(full, start)
-        noise = randn(x0.shape, call.generator)
-        x_start = diffusion.q_sample(x0, torch.full((n,), start - 1), noise)
+        diffusion, x_start = noised_start(stage_diffusion(self.base, call.base), x0, strength, call.generator)
         low_res = run_stage(self.base, call.prompts, call.base, call.generator, x_T=x_start, diffusion=diffusion,
                             cond_fn=bind_cond_fns(cond_fns, call.prompts), progress=progress,
                             callback=stage_callback(callback, "base"))

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -38,15 +39,20 @@ class StageOptions:
     steps, the noisiest included) or any respacing string (``"fast27"``, ``"ddim50"``, ``"100"``,
     ``"10,10,3"``). ``guidance_scale``: classifier-free guidance, >= 0 (1 = none).
     ``sampler_options``: the sampler's extras (e.g. ``{"eta": 0.5}`` for ddim), read-only.
+    ``strength``: the share of the process sampled, in (0, 1]. 1 starts from pure noise; below 1
+    (upsamplers) starts from the bilinearly upsampled low-res input noised to that level, which
+    spares a small upsampler the steps near pure noise, where its errors are amplified most.
     """
 
     sampler: str = "dpm++2m"
     timesteps: int | str = 25
     guidance_scale: float = 3.0
     sampler_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         check_sampler(self.sampler)
+        object.__setattr__(self, "strength", check_number("strength", self.strength, low=0, high=1, low_open=True))
         object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale))
         object.__setattr__(self, "timesteps", _check_timesteps(self.timesteps))
         object.__setattr__(self, "sampler_options", MappingProxyType(dict(self.sampler_options)))
@@ -111,6 +117,16 @@ def truncate_diffusion(diffusion: GaussianDiffusion, steps: int) -> GaussianDiff
     return GaussianDiffusion(diffusion.betas[:steps], diffusion.timestep_map[:steps].tolist())
 
 
+def noised_start(diffusion: GaussianDiffusion, image: torch.Tensor, strength: float, generator: Generators,
+                 noise_scale: float = 1.0) -> tuple[GaussianDiffusion, torch.Tensor]:
+    """SDEdit's start: ``image`` noised ``strength`` of the way to pure noise, and the first steps of
+    ``diffusion`` that lead back from there (at least one)."""
+    steps = max(1, round(strength * diffusion.num_timesteps))
+    truncated = truncate_diffusion(diffusion, steps)
+    noise = randn(image.shape, generator).to(image) * noise_scale
+    return truncated, truncated.q_sample(image, torch.full((image.shape[0],), steps - 1, device=image.device), noise)
+
+
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -169,13 +185,28 @@ class _Call:
     generator: Generators
 
 
+def recommended_stage(model: nn.Module | None, fallback: StageOptions) -> StageOptions:
+    """The stage options a model recommends (``model.recommended_sampling``, from its checkpoint
+    header: see ``glide convert --sampler``), else ``fallback`` (the library's default recipe)."""
+    sampling = getattr(model, "recommended_sampling", None)
+    if not sampling:
+        return fallback
+    try:
+        return StageOptions(**sampling)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model's recommended sampling {sampling!r} is not valid: {e}") from None
+
+
 def check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
-                generator) -> _Call:
+                generator, base_model: nn.Module | None = None, upsampler: nn.Module | None = None) -> _Call:
+    """The shared arguments; a stage left as None samples as its model recommends (``recommended_stage``)."""
     prompts = _as_prompts(prompt, num_images_per_prompt)
-    base = _check_stage(base, "base") or DEFAULT_BASE
+    base = _check_stage(base, "base") or recommended_stage(base_model, DEFAULT_BASE)
     if guidance_scale is not None:
         base = dataclasses.replace(base, guidance_scale=guidance_scale)
     upsample = _check_stage(upsample, "upsample", allow_false=True)
+    if upsample is None and upsampler is not None:
+        upsample = recommended_stage(upsampler, DEFAULT_UPSAMPLE)
     upsample_temp = check_number("upsample_temp", upsample_temp, low=0)
     return _Call(prompts, base, upsample, upsample_temp, _generator(seed, generator))
 
@@ -256,7 +287,14 @@ def run_stage(
         denoiser = _under(autocast, denoiser)
     diffusion = diffusion or stage_diffusion(model, options)
     size = model.config.image_size
-    if x_T is None:
+    if x_T is None and options.strength < 1:
+        low_res = model_kwargs.get("low_res")
+        if low_res is None:
+            raise ValueError(f"strength={options.strength:g} starts from the low-res input, which only an upsampler "
+                             f"stage has; use strength 1 (or ImageToImagePipeline to edit an image)")
+        start = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+        diffusion, x_T = noised_start(diffusion, start, options.strength, generator, noise_scale)
+    elif x_T is None:
         x_T = randn((len(prompts), 3, size, size), generator) * noise_scale
     if isinstance(generator, torch.Generator):
         noise = dict(generator=generator)
@@ -336,7 +374,7 @@ class Text2ImagePipeline:
         that an image does not depend on the others in its batch.
         """
         call = check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
-                           generator)
+                           generator, self.base, self.upsampler)
         candidates = call.prompts
         if rerank is not None:  # draw `rerank` candidates per prompt, keep the num_images_per_prompt best
             if self.clip is None:

@@ -111,6 +111,9 @@ class TrainConfig:
     low_res_noise: str | None = field(default=None, metadata=_help(
         "noise std added to the low-res input: 'S' or 'LO,HI'"))
     mask_full_prob: float = field(default=0.1, metadata=_help("inpainting: probability the whole image is masked"))
+    timestep_sampling: str = field(default="uniform", metadata=_help(
+        "how training draws t: 'uniform', or 'logit-normal[:MEAN,STD]' (t/T = sigmoid(N(MEAN, STD)), "
+        "default 0,1), which trains the middle noise levels, where captions decide the picture, more often"))
 
     # -- optimisation ------------------------------------------------------------------------
     lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
@@ -192,6 +195,7 @@ class TrainConfig:
                 f"--probe-every probes a text-to-image base model (--stage base), not --stage {self.stage}")
         for name in ("low_res_blur", "low_res_noise"):
             parse_range(getattr(self, name), name)
+        parse_timestep_sampling(self.timestep_sampling)
 
     def _check_sampling(self) -> None:
         """The sample grids' sampler and guidance, with the checks sampling itself uses."""
@@ -321,6 +325,19 @@ def parse_range(value: Any, name: str) -> float | tuple[float, float] | None:
     if finite and len(numbers) == 2 and 0 <= numbers[0] <= numbers[1]:
         return numbers
     raise ConfigError(f"--{_flag(name)} must be 'S' or 'LO,HI' of finite numbers with 0 <= LO <= HI, got {value!r}")
+
+
+def parse_timestep_sampling(value: str) -> tuple[float, float] | None:
+    """'uniform' -> None; 'logit-normal' -> (0.0, 1.0); 'logit-normal:M,S' -> (M, S) with S > 0."""
+    if value == "uniform":
+        return None
+    kind, _, params = str(value).partition(":")
+    if kind == "logit-normal":
+        numbers = parse_floats(params, "timestep_sampling") if params else (0.0, 1.0)
+        if len(numbers) == 2 and all(math.isfinite(n) for n in numbers) and numbers[1] > 0:
+            return numbers[0], numbers[1]
+    raise ConfigError(f"--timestep-sampling must be 'uniform', 'logit-normal' or 'logit-normal:MEAN,STD' "
+                      f"with finite numbers and STD > 0, got {value!r}")
 
 
 _PAIR_SPLIT = re.compile(r"[,;\s]+(?=[A-Za-z_]\w*\s*=)")

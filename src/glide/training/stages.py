@@ -36,7 +36,7 @@ from torch import nn
 
 from ..data import make_low_res, random_mask
 from ..diffusion import GaussianDiffusion
-from .config import ConfigError, TrainConfig, parse_range
+from .config import ConfigError, TrainConfig, parse_range, parse_timestep_sampling
 
 logger = logging.getLogger("glide.training")
 Autocast = Callable[[], AbstractContextManager]
@@ -62,8 +62,13 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def _uniform_t(gens: list[torch.Generator], num_timesteps: int) -> torch.Tensor:
-    return torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens])
+def _timesteps(gens: list[torch.Generator], num_timesteps: int, logit_normal: tuple[float, float] | None):
+    """One t per sample: uniform, or t/T = sigmoid(N(mean, std)) for ``logit_normal=(mean, std)``."""
+    if logit_normal is None:
+        return torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens])
+    mean, std = logit_normal
+    z = torch.cat([torch.randn((1,), generator=g, dtype=torch.float64) for g in gens])
+    return (torch.sigmoid(mean + std * z) * num_timesteps).long().clamp_(0, num_timesteps - 1)
 
 
 def _noise(gens: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
@@ -84,6 +89,7 @@ class Stage:
         self.config = config
         self.check_model(bare)
         self.diffusion = self.make_diffusion(bare)
+        self.logit_normal = parse_timestep_sampling(config.timestep_sampling)
 
     def check_model(self, bare: nn.Module) -> None:
         raise NotImplementedError
@@ -97,8 +103,8 @@ class Stage:
         raise NotImplementedError
 
     def noised(self, x_start: torch.Tensor, gens: list[torch.Generator]):
-        """Random t (uniform) and noise per sample; returns (t, noise, x_t) on x_start's device."""
-        t = _uniform_t(gens, self.diffusion.num_timesteps).to(x_start.device)
+        """Random t (``--timestep-sampling``) and noise per sample; returns (t, noise, x_t) on x_start's device."""
+        t = _timesteps(gens, self.diffusion.num_timesteps, self.logit_normal).to(x_start.device)
         noise = _noise(gens, tuple(x_start.shape[1:])).to(x_start.device)
         return t, noise, self.diffusion.q_sample(x_start, t, noise)
 
