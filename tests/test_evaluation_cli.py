@@ -116,7 +116,8 @@ def test_eval_sweep_samples_each_scale_and_writes_results(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())
     assert [r["guidance_scale"] for r in rows] == [1.0, 3.0]
-    assert all({"acc_caption", "fid", "precision", "recall"} <= set(r) for r in rows)
+    assert all({"acc_caption", "fid", "precision", "recall", "fid_real"} <= set(r) for r in rows)
+    assert rows[0]["fid_real"] == rows[1]["fid_real"] < min(r["fid"] for r in rows)  # real renders: the floor
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2
     assert (out / "grid-scale-1.png").exists() and (out / "grid-scale-3.png").exists()
     assert (out / "sweep.png").stat().st_size > 1000

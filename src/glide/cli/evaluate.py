@@ -3,6 +3,7 @@ CLIP score of images, written as JSON, CSV, grids and plots (``glide.evaluation`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,15 @@ def samples(folder: str, captions_file: str, reference: str | None, out: str, ju
 
 
 @evaluate.command("sweep", context_settings=CONTEXT_SETTINGS)
-@click.option("--model", required=True, metavar="SPEC", help="The base model (a checkpoint, run folder, bundled:NAME).")
+@click.option("--model", default="bundled", show_default=True, metavar="SPEC",
+              help="The base model: bundled (the bundled cascade's), a checkpoint, a run folder, bundled:NAME.")
 @click.option("--upsampler", default="none", show_default=True, metavar="SPEC|none", help="Upsampler, or none.")
 @click.option("--scales", default="1,2,3,5", show_default=True, type=_Scales(),
               help="Classifier-free guidance scales to compare (1 = unguided).")
 @click.option("--captions", "caption_spec", default="heldout:1:200", show_default=True, metavar="SET",
               help="heldout:OBJECTS:COUNT[:SEED] (held-out scenes) or a file of captions, one per line.")
-@click.option("--sampler", default="dpm++2m", show_default=True, help="The base stage's sampler.")
-@click.option("--steps", default="20", show_default=True, help="Base sampling steps (or a respacing string).")
+@click.option("--sampler", help="The base stage's sampler (default: the model's recommended one, else dpm++2m).")
+@click.option("--steps", help="Base sampling steps or a respacing string (default: the model's recommended, else 20).")
 @click.option("--batch-size", type=Number(integer=True, low=1), default=50, show_default=True,
               help="Images sampled at once.")
 @click.option("--out", "-o", default="sweep", show_default=True, type=click.Path(file_okay=False),
@@ -94,17 +96,20 @@ def samples(folder: str, captions_file: str, reference: str | None, out: str, ju
 @_shared_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @command_body
-def sweep(model: str, upsampler: str, scales: list[float], caption_spec: str, sampler: str, steps: str,
+def sweep(model: str, upsampler: str, scales: list[float], caption_spec: str, sampler: str | None, steps: str | None,
           batch_size: int, out: str, judge: str, clip: str | None, fid: bool, seed: int, progress: bool) -> None:
     """Sample the caption set at each guidance scale with a model, and evaluate each setting."""
     from ..evaluation.plots import plot_sweep
     from ..evaluation.report import caption_set
     from ..evaluation.sweep import run_sweep
-    from ..pipelines import StageOptions, Text2ImagePipeline
+    from ..pipelines import DEFAULT_BASE, Text2ImagePipeline
+    from ..pipelines.text2im import recommended_stage
 
     captions, scenes = caption_set(caption_spec, seed)
-    options = StageOptions(sampler=sampler, timesteps=int(steps) if steps.isdigit() else steps)
     pipeline = Text2ImagePipeline.from_pretrained(model, upsampler if upsampler.lower() != "none" else None)
+    changes = {"sampler": sampler, "timesteps": int(steps) if steps and steps.isdigit() else steps}
+    options = replace(recommended_stage(pipeline.base, DEFAULT_BASE), **{k: v for k, v in changes.items() if v})
+    log(f"sampling: {options.sampler} {options.timesteps} steps at guidance scales {', '.join(map(str, scales))}")
     judge_model, clip_model = _load_models(judge, clip)
     out_dir = Path(out)
     rows = run_sweep(pipeline, captions, scenes, scales, options, judge_model, clip=clip_model, fid=fid, seed=seed,
@@ -112,7 +117,8 @@ def sweep(model: str, upsampler: str, scales: list[float], caption_spec: str, sa
     _plot(lambda: plot_sweep(rows, out_dir / "sweep.png"))
     for row in rows:
         click.echo(f"scale {row['guidance_scale']:g}: caption accuracy {row['acc_caption']:.3f}"
-                   + (f", FID {row['fid']:.2f}" if "fid" in row else ""))
+                   + (f", FID {row['fid']:.2f} (real renders against real renders: {row['fid_real']:.2f})"
+                      if "fid" in row else ""))
 
 
 def _load_models(judge: str, clip: str | None):

@@ -36,15 +36,20 @@ def run_sweep(pipeline, captions: Sequence[str], scenes, scales: Sequence[float]
               clip: nn.Module | None = None, fid: bool = True, seed: int = 0, batch_size: int = 50,
               out: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """One summary row per guidance scale (``flat_summary`` plus ``guidance_scale``); with ``out``,
-    also ``grid-scale-S.png`` per scale, ``results.json`` and ``results.csv``."""
-    rows, reference = [], None
+    also ``grid-scale-S.png`` per scale, ``results.json`` and ``results.csv``. With ``fid``, every
+    row also holds ``fid_real``: the FID between the reference renders and a second, independent
+    set of renders of the same captions (new layouts), the floor a perfect model would reach."""
+    rows, reference, floor = [], None, {}
     for scale in tqdm(scales, desc="guidance scales", disable=not progress):
         images = sample_captions(pipeline, captions, dataclasses.replace(options, guidance_scale=scale), seed=seed,
                                  batch_size=batch_size, progress=progress, desc=f"scale {scale:g}")
         if fid and reference is None:  # the same real renders for every setting
             reference = reference_renders(captions, images.shape[-1], seed, scenes)
+            second = reference_renders(captions, images.shape[-1], seed + 1)
+            real = evaluate_images(second, captions, judge, reference=reference, seed=seed)
+            floor = {"fid_real": real.summary["fid"]}
         result = evaluate_images(images, captions, judge, reference=reference, clip=clip, fid=fid, seed=seed)
-        rows.append({"guidance_scale": scale, **flat_summary(result.summary)})
+        rows.append({"guidance_scale": scale, **flat_summary(result.summary), **floor})
         if out is not None:
             save_grid(images, Path(out) / f"grid-scale-{scale:g}.png")
     if out is not None:

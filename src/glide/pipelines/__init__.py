@@ -6,9 +6,10 @@ inpainting and image-to-image pipelines.
 Each pipeline reads top to bottom: tokenise, bind the model into a denoiser (with guidance),
 pick a respaced diffusion for the sampler, sample, hand the 64 px result to the upsampler.
 
-    pipe = Text2ImagePipeline.from_pretrained()                 # official base + upsample
-    out = pipe("an oil painting of a corgi", seed=0)
-    out.images[0].save("corgi.png")
+    pipe = Text2ImagePipeline.from_pretrained()                 # the bundled shapes cascade, offline
+    pipe("a small red circle above a large blue square", seed=0).images[0].save("shapes.png")
+    pipe = Text2ImagePipeline.from_pretrained("openai", "openai")  # the official base + upsample
+    pipe("an oil painting of a corgi", seed=0).images[0].save("corgi.png")
 """
 
 from ..errors import SamplingError

@@ -38,9 +38,10 @@ class InpaintPipeline:
         self.base, self.upsampler = base, upsampler
 
     @classmethod
-    def from_pretrained(cls, base="base-inpaint", upsampler="upsample-inpaint", *, device="cpu", dtype=None,
+    def from_pretrained(cls, base="bundled", upsampler="bundled", *, device="cpu", dtype=None,
                         cache_dir=None) -> InpaintPipeline:
-        """Load an inpainting pair by spec (see ``Text2ImagePipeline.from_pretrained``)."""
+        """Load an inpainting pair by spec (see ``Text2ImagePipeline.from_pretrained``): by default the
+        bundled cascade's inpainting models; ``("openai", "openai")`` is base-inpaint + upsample-inpaint."""
         from ..checkpoints.specs import load_pipeline_models
 
         base_model, up_model, _ = load_pipeline_models(

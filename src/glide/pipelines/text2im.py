@@ -326,16 +326,17 @@ class Text2ImagePipeline:
     @classmethod
     def from_pretrained(
         cls,
-        base: str | Path = "base",
-        upsampler: str | Path | None = "upsample",
+        base: str | Path = "bundled",
+        upsampler: str | Path | None = "bundled",
         clip: str | Path | tuple[str, str] | None = None,
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cache_dir: str | Path | None = None,
     ) -> Text2ImagePipeline:
-        """Load by spec (``openai``, an official name, a path or folder, ``random:PRESET``; see
-        ``glide.checkpoints.specs``): every role is checked before any weights are read.
+        """Load by spec (``bundled``, ``openai``, an official name, a path or folder, ``random:PRESET``;
+        see ``glide.checkpoints.specs``): every role is checked before any weights are read. The
+        default is the bundled shapes cascade (offline); ``("openai", "openai")`` the official pair.
         ``upsampler=None`` means no upsampler; ``clip`` is a spec or an (image, text) pair of halves."""
         from ..checkpoints.specs import load_pipeline_models
 

@@ -47,6 +47,7 @@ _NUMBERS: dict[str, tuple[bool, float | None, float | None, bool, bool]] = {
     "seed": (True, 0, 2**32 - 1, False, False),  # the data order mixes it into a 64-bit generator seed
     **{name: (False, 0, 1, False, False) for name in ("caption_dropout", "mask_full_prob")},
     **{name: (False, 0, 1, False, True) for name in ("dropout", "adam_beta1", "adam_beta2")},
+    "sample_strength": (False, 0, 1, True, False),
     **{name: (False, 0, None, True, False) for name in ("lr", "adam_eps")},
     **{name: (False, 0, None, False, False) for name in ("min_lr", "weight_decay", "grad_clip")},
 }
@@ -140,6 +141,8 @@ class TrainConfig:
         "prompts of the sample grids (repeat the flag); default: captions of the first training images"))
     num_samples: int = field(default=8, metadata=_help("images per sample grid"))
     sample_guidance: float = field(default=3.0, metadata=_help("classifier-free guidance scale of the sample grids"))
+    sample_strength: float = field(default=1.0, metadata=_help(
+        "upsamplers: start the sample grids this far from pure noise, from the noised low-res input (0 < s <= 1)"))
     sample_steps: int = field(default=50, metadata=_help("sampling steps of the sample grids"))
     sample_sampler: str = field(default="ddim", metadata=_help(
         "sampler of the sample grids (ddpm, ddim, plms, dpm++2m)"))
@@ -190,6 +193,9 @@ class TrainConfig:
                 f"--tokenizer must be 'glide-bpe', 'train:VOCAB_SIZE' or a .json file, got {self.tokenizer!r}")
         if self.sample_weights != "model" and not self.sample_weights.startswith("ema-"):
             raise ConfigError(f"--sample-weights must be 'model' or 'ema-<rate>', got {self.sample_weights!r}")
+        if self.sample_strength < 1 and not self.stage.startswith("upsample"):
+            raise ConfigError(f"--sample-strength {self.sample_strength:g} starts an upsampler's grids from its "
+                              f"low-res input; --stage {self.stage} has none (use 1)")
         if self.probe_every and self.stage != "base":
             raise ConfigError(
                 f"--probe-every probes a text-to-image base model (--stage base), not --stage {self.stage}")

@@ -30,7 +30,8 @@ class SampleGrid:
     def __init__(self, config: TrainConfig, stage: Text2ImStage, references: list[dict[str, Any]]):
         self.config, self.stage = config, stage
         # Built now, so a bad sampler name or guidance scale fails before training starts.
-        self.options = StageOptions(config.sample_sampler, config.sample_steps, config.sample_guidance)
+        self.options = StageOptions(config.sample_sampler, config.sample_steps, config.sample_guidance,
+                                    strength=config.sample_strength)
         n = config.num_samples
         prompts = list(config.sample_prompts) or [r.get("caption", "") for r in references]
         self.prompts = [prompts[i % len(prompts)] for i in range(n)]
