@@ -30,13 +30,12 @@ def cli() -> None:
     """GLIDE text-guided diffusion: generate, inpaint and edit images from text.
 
     \b
-    Quickstart (official weights, about 1.6 GB; --model openai is the default):
-      glide download base upsample
-      glide sample "an oil painting of a corgi"
+    Quickstart (the bundled shapes cascade: offline, a few seconds on a CPU):
+      glide sample "a small red circle above a large blue square"
     \b
-    Offline smoke test (randomly initialised tiny models, a few seconds on a CPU):
-      glide sample "a red circle above a blue square" \\
-          --model random:tiny-base --upsampler random:tiny-upsample -o outputs
+    The official weights (about 1.6 GB):
+      glide download base upsample
+      glide sample "an oil painting of a corgi" --model openai
 
     Checkpoints are cached in $GLIDE_CACHE/checkpoints (default ~/.cache/glide/checkpoints).
     Run 'glide COMMAND --help' for the options of a command.

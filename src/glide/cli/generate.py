@@ -136,11 +136,11 @@ def _stage_kwargs(run: Run, options: dict[str, Any]) -> dict[str, Any]:
               help="Draw N base samples per prompt and keep the --num-images best by noised-CLIP score.")
 @command_body
 def sample(prompts: tuple[str, ...], rerank: int | None, **options) -> None:
-    """Generate images from text: 64 px base model, then the 4x upsampler.
+    """Generate images from text: a base model, then its upsampler.
 
     Quote each prompt; several prompts make one batch. Writes <prompt>-<seed>-<k>.png per image
     and grid-<seed>.png into --output, and prints their paths. --model defaults to the bundled
-    shapes cascade (offline, 32 -> 64 px: it knows 1-3 shapes, colours, sizes and where they are);
+    shapes cascade (offline, 32 -> 64 px: it knows 1-2 shapes, colours, sizes and where they are);
     --model openai is the official 64 -> 256 px pair (download it first).
 
     \b
