@@ -139,7 +139,10 @@ def test_from_pretrained_uses_the_same_loader(tmp_path):
     inpaint = InpaintPipeline.from_pretrained("random:tiny-base-inpaint", "random:tiny-upsample-inpaint")
     assert inpaint.base.config.inpaint and inpaint.upsampler.config.inpaint
     with pytest.raises(CheckpointError, match="glide download base upsample"):
-        Text2ImagePipeline.from_pretrained(cache_dir=tmp_path)
+        Text2ImagePipeline.from_pretrained("openai", "openai", cache_dir=tmp_path)
+    bundled = Text2ImagePipeline.from_pretrained()  # the default: the bundled cascade, no download
+    assert bundled.base.config.image_size == 32 and bundled.upsampler.config.super_res
+    assert not is_random(bundled.base)
 
 
 def test_errors_import_without_torch_and_old_modules_reexport_them():

@@ -481,7 +481,7 @@ def test_base_stage_loss_matches_the_formulas(caption_dropout, monkeypatch, tmp_
     torch.nn.init.normal_(model.out[-1].weight, std=0.05)  # the zero-initialised output would hide the eps/v split
     stage = make_stage(cfg, model)
     chosen = torch.tensor([0, 1, 500, 999])
-    monkeypatch.setattr(stages, "_uniform_t", lambda gens, n: chosen[: len(gens)])
+    monkeypatch.setattr(stages, "_timesteps", lambda gens, n, logit_normal: chosen[: len(gens)])
     seen = {}
     model.register_forward_hook(lambda m, args, output: seen.update(args=args, output=output))
     batch = collate([build_dataset("shapes:4:1", 16)[i] for i in range(4)])
