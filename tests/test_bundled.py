@@ -180,3 +180,38 @@ def test_inpaint_defaults_to_the_bundled_inpainting_models(bundled_dir, tmp_path
     keep = mask < 128
     assert np.abs(pixels[keep].astype(int) - image[keep]).max() <= 1  # the known region is kept
     assert isinstance(InpaintPipeline(load_model(parse_spec("bundled", "base", inpaint=True).source)), InpaintPipeline)
+
+
+# ------------------------------------------------------------------------- the shipped cascade
+def test_the_shipped_cascade_is_complete_small_and_half_precision():
+    from glide.checkpoints import bundled_names, checkpoint_config
+
+    names = set(bundled_names())
+    assert set(BUNDLED_CASCADE.values()) | {"shapes-judge"} <= names
+    total = sum((SHIPPED / f"{n}.safetensors").stat().st_size for n in names)
+    assert total < 40 * 2**20, f"the bundled models take {total / 2**20:.1f} MB"
+    for role, inpaint in (("base", False), ("upsampler", False), ("base", True), ("upsampler", True)):
+        spec = parse_spec("bundled", role, inpaint=inpaint)
+        config = checkpoint_config(spec.source)
+        assert bool(config["inpaint"]) == inpaint and bool(config["super_res"]) == (role == "upsampler")
+        assert config["tokenizer"]["kind"] != "glide-bpe"  # no vocabulary download: works offline
+        assert checkpoint_sampling(spec.source) is not None
+    assert checkpoint_config(parse_spec("bundled", "clip").source)["image_size"] == 32
+
+
+def test_the_readme_command_follows_its_caption(tmp_path):
+    """``glide sample`` with no options: the bundled cascade, offline, 64 px pictures that the
+    shapes judge reads as the caption (most of them: it is a small model)."""
+    from glide.evaluation.judge import judge_images, load_judge, score_captions
+
+    caption = "a large blue square"
+    result = run_cli("sample", caption, "-n", "6", "--seed", "0", "-o", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    files = sorted(p for p in tmp_path.glob("*.png") if not p.name.startswith("grid"))
+    assert len(files) == 6
+    pixels = np.stack([png_pixels(p) for p in files])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert images.shape == (6, 3, 64, 64)
+    scenes, _ = judge_images(load_judge(), images)
+    scores = score_captions([caption] * 6, scenes)
+    assert sum(s["caption"] for s in scores) >= 4, scenes
