@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -133,7 +134,9 @@ def test_eval_sweep_bad_options(args, message):
     assert_clean_error(run_cli("eval", "sweep", "--model", "random:tiny-base", *args), message)
 
 
-def test_models_lists_the_bundled_judge():
+def test_models_lists_the_bundled_models():
     result = run_cli("models")
     assert result.exit_code == 0, result.output
-    assert "bundled:shapes-judge  shapes judge, 32 px" in result.output
+    assert re.search(r"bundled:shapes-judge +shapes judge, 32 px", result.output)
+    assert re.search(r"bundled:shapes-base +base, 32 px", result.output)
+    assert re.search(r"bundled:shapes-upsample-inpaint +upsampler, inpainting, 64 px", result.output)

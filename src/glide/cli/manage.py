@@ -138,8 +138,12 @@ def models(cache_dir: str | None) -> None:
             state = f"missing     glide download {row['name']}"
         click.echo(f"  {row['name']:<{width}}  {state}")
     click.echo("\nBundled models (inside the package, offline: bundled:NAME):")
-    for name in bundled_names():
-        click.echo(f"  bundled:{name}  {config_from_dict(checkpoint_config('bundled:' + name)).describe()}")
+    names = bundled_names()
+    width = max((len(name) for name in names), default=0) + len("bundled:")
+    for name in names:
+        spec = "bundled:" + name
+        click.echo(f"  {spec:<{width}}  {config_from_dict(checkpoint_config(spec)).describe()}")
+    click.echo("  ('bundled' picks the cascade's model of each role: glide sample, inpaint and edit use it by default)")
     click.echo("\nPresets (the architectures for glide train; text-to-image ones untrained: --model random:NAME):")
     width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():
