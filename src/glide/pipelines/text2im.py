@@ -188,13 +188,17 @@ class _Call:
 def recommended_stage(model: nn.Module | None, fallback: StageOptions) -> StageOptions:
     """The stage options a model recommends (``model.recommended_sampling``, from its checkpoint
     header: see ``glide convert --sampler``), else ``fallback`` (the library's default recipe)."""
-    sampling = getattr(model, "recommended_sampling", None)
+    return stage_from_sampling(getattr(model, "recommended_sampling", None), fallback)
+
+
+def stage_from_sampling(sampling: Mapping[str, Any] | None, fallback: StageOptions) -> StageOptions:
+    """StageOptions from a checkpoint's recorded sampling dict, or ``fallback`` when there is none."""
     if not sampling:
         return fallback
     try:
         return StageOptions(**sampling)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"the model's recommended sampling {sampling!r} is not valid: {e}") from None
+        raise ValueError(f"the model's recommended sampling {dict(sampling)!r} is not valid: {e}") from None
 
 
 def check_call(prompt, num_images_per_prompt, guidance_scale, base, upsample, upsample_temp, seed,
