@@ -560,6 +560,19 @@ def test_logit_normal_timestep_sampling_favours_the_middle_and_is_seeded():
     assert abs(float(middle.float().median()) - 500) < 25
     shifted = _timesteps(generators(seeds), 1000, (1.0, 1.0))
     assert float(shifted.float().median()) > 700  # sigmoid(1) = 0.73
+    assert _timesteps(generators(seeds), 1000, "clean").eq(0).all()
+
+
+def test_clean_timestep_sampling_trains_a_clip_on_clean_images(tmp_path):
+    from glide.models import build_model, preset_config
+    from glide.training.stages import generators, make_stage
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), stage="clip", model="tiny-clip", timestep_sampling="clean")
+    stage = make_stage(cfg, build_model(preset_config("tiny-clip")))
+    x = torch.rand(3, 3, 8, 8)
+    t, _, x_t = stage.noised(x, generators([1, 2, 3]))
+    assert t.eq(0).all()
+    assert torch.allclose(x_t, stage.diffusion.q_sample(x, t, torch.zeros_like(x)), atol=0.05)
 
 
 @pytest.mark.parametrize("value", ["beta", "logit-normal:0", "logit-normal:0,0", "logit-normal:0,nan", "uniform:1"])

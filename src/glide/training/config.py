@@ -114,7 +114,8 @@ class TrainConfig:
     mask_full_prob: float = field(default=0.1, metadata=_help("inpainting: probability the whole image is masked"))
     timestep_sampling: str = field(default="uniform", metadata=_help(
         "how training draws t: 'uniform', or 'logit-normal[:MEAN,STD]' (t/T = sigmoid(N(MEAN, STD)), "
-        "default 0,1), which trains the middle noise levels, where captions decide the picture, more often"))
+        "default 0,1), which trains the middle noise levels, where captions decide the picture, more often; "
+        "'clean': always t = 0 (a CLIP or classifier of clean images, to compare with a noised one)"))
 
     # -- optimisation ------------------------------------------------------------------------
     lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
@@ -333,16 +334,22 @@ def parse_range(value: Any, name: str) -> float | tuple[float, float] | None:
     raise ConfigError(f"--{_flag(name)} must be 'S' or 'LO,HI' of finite numbers with 0 <= LO <= HI, got {value!r}")
 
 
-def parse_timestep_sampling(value: str) -> tuple[float, float] | None:
-    """'uniform' -> None; 'logit-normal' -> (0.0, 1.0); 'logit-normal:M,S' -> (M, S) with S > 0."""
+CLEAN_TIMESTEPS = "clean"
+
+
+def parse_timestep_sampling(value: str) -> tuple[float, float] | str | None:
+    """'uniform' -> None; 'logit-normal' -> (0.0, 1.0); 'logit-normal:M,S' -> (M, S) with S > 0;
+    'clean' -> ``CLEAN_TIMESTEPS``."""
     if value == "uniform":
         return None
+    if value == CLEAN_TIMESTEPS:
+        return CLEAN_TIMESTEPS
     kind, _, params = str(value).partition(":")
     if kind == "logit-normal":
         numbers = parse_floats(params, "timestep_sampling") if params else (0.0, 1.0)
         if len(numbers) == 2 and all(math.isfinite(n) for n in numbers) and numbers[1] > 0:
             return numbers[0], numbers[1]
-    raise ConfigError(f"--timestep-sampling must be 'uniform', 'logit-normal' or 'logit-normal:MEAN,STD' "
+    raise ConfigError(f"--timestep-sampling must be 'uniform', 'clean', 'logit-normal' or 'logit-normal:MEAN,STD' "
                       f"with finite numbers and STD > 0, got {value!r}")
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..data import make_low_res, random_mask
 from ..diffusion import GaussianDiffusion
-from .config import ConfigError, TrainConfig, parse_range, parse_timestep_sampling
+from .config import CLEAN_TIMESTEPS, ConfigError, TrainConfig, parse_range, parse_timestep_sampling
 
 logger = logging.getLogger("glide.training")
 Autocast = Callable[[], AbstractContextManager]
@@ -62,8 +62,11 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def _timesteps(gens: list[torch.Generator], num_timesteps: int, logit_normal: tuple[float, float] | None):
-    """One t per sample: uniform, or t/T = sigmoid(N(mean, std)) for ``logit_normal=(mean, std)``."""
+def _timesteps(gens: list[torch.Generator], num_timesteps: int, logit_normal: tuple[float, float] | str | None):
+    """One t per sample: uniform, t/T = sigmoid(N(mean, std)) for ``logit_normal=(mean, std)``, or
+    0 for ``CLEAN_TIMESTEPS`` (the generators are still drawn from, so the noise stays the same)."""
+    if logit_normal == CLEAN_TIMESTEPS:
+        return torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens]) * 0
     if logit_normal is None:
         return torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens])
     mean, std = logit_normal
