@@ -147,3 +147,47 @@ def _plot(make) -> None:
         click.echo(str(make()))
     except ImportError as e:
         warn(f"no plot written: {e}")
+
+
+@evaluate.command("paper", context_settings=CONTEXT_SETTINGS)
+@click.option("--out", "-o", default="docs/results/paper", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the tables (JSON, CSV, tables.md), plots, grids and the sample cache.")
+@click.option("--only", "experiments", default="guidance,samplers,inpainting,upsampler", show_default=True,
+              metavar="LIST", help="Experiments to run (comma-separated).")
+@click.option("--count", type=Number(integer=True, low=10), default=500, show_default=True,
+              help="Held-out captions (images) per setting.")
+@click.option("--clean-clip", metavar="SPEC",
+              help="A CLIP trained on clean images only (configs/shapes-clip32-clean.yaml): adds its curve.")
+@click.option("--sampler", default="ddpm", show_default=True, help="The base sampler of the experiments "
+              "(DDPM: the gradient guidances' scales differ between samplers).")
+@click.option("--steps", default="25", show_default=True, help="Base steps (the samplers experiment varies them).")
+@click.option("--batch-size", type=Number(integer=True, low=1), default=50, show_default=True,
+              help="Images sampled at once.")
+@_SEED_OPTION
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@command_body
+def paper(out: str, experiments: str, count: int, clean_clip: str | None, sampler: str, steps: str, batch_size: int,
+          seed: int, progress: bool) -> None:
+    """The GLIDE paper's comparisons in miniature on the bundled cascade (docs/results.md).
+
+    Guidance (unguided, classifier-free, CLIP with the noised CLIP and with a clean one, noisy
+    classifier) over scales; samplers against steps; inpainting; the upsampler. Sampled images are
+    cached under OUT/samples, so an interrupted run resumes; two processes may split --only.
+    """
+    from ..evaluation.paper import EXPERIMENTS, PAPER_BASE, Models, markdown_tables, run_paper
+
+    chosen = [e.strip() for e in experiments.split(",") if e.strip()]
+    unknown = [e for e in chosen if e not in EXPERIMENTS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}",
+                                 param_hint="--only")
+    base = replace(PAPER_BASE, sampler=sampler, timesteps=int(steps) if steps.isdigit() else steps)
+    if "guidance" in chosen and not clean_clip:
+        warn("no --clean-clip: the guidance table has no clean-CLIP curve (scripts/paper-results.sh trains one)")
+    results = run_paper(out, Models.bundled(clean_clip), experiments=chosen, count=count, seed=seed,
+                        batch_size=batch_size, progress=progress, base=base)
+    tables = Path(out) / "tables.md"
+    tables.write_text(markdown_tables(out), encoding="utf-8")
+    for name, result in results.items():
+        log(f"{name}: {result['seconds']:.0f} s")
+    click.echo(str(tables))

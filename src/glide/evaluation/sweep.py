@@ -15,17 +15,23 @@ from tqdm import tqdm
 from .report import evaluate_images, flat_summary, reference_renders, save_grid, write_csv, write_json
 
 
+def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
+    """The generators of images ``start .. start + count - 1`` of a set sampled with ``seed``."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(count)]
+
+
 def sample_captions(pipeline, captions: Sequence[str], options, *, seed: int = 0, batch_size: int = 50,
-                    progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+                    cond_fns: Sequence = (), progress: bool = True, desc: str = "sampling") -> torch.Tensor:
     """One image per caption ``[N, 3, H, W]`` in [-1, 1]; image j draws its noise from its own
-    generator (seed, j), so the images do not depend on ``batch_size``."""
+    generator (seed, j), so the images do not depend on ``batch_size``. ``cond_fns``: gradient
+    guidances of the base stage (``glide.guidance``), bound to each batch's captions."""
     chunks = []
     bar = tqdm(total=len(captions), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(captions), batch_size):
         prompts = list(captions[start:start + batch_size])
-        generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(len(prompts))]
+        generators = image_generators(seed, start, len(prompts))
         out = pipeline(prompts, base=options, upsample=None if pipeline.upsampler is not None else False,
-                       generator=generators, progress=False)
+                       cond_fns=cond_fns, generator=generators, progress=False)
         chunks.append(out.samples.float().cpu())
         bar.update(len(prompts))
     bar.close()
