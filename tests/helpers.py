@@ -129,3 +129,25 @@ def png_pixels(path) -> np.ndarray:
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def torchrun_glide(*args: str, nproc: int = 2, timeout: int = 300):
+    """``torchrun --standalone --nproc_per_node NPROC -m glide ARGS`` (one thread per process): the
+    CompletedProcess. Skips where torch has no torch.distributed (fails in CI, where it must)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    import torch
+
+    if importlib.util.find_spec("torch.distributed.run") is None or not torch.distributed.is_available():
+        message = "torch.distributed.run is not available in this torch build"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "glide", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)

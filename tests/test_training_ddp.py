@@ -3,11 +3,8 @@ same global batch, and a launch that cannot split the batch fails with a clear m
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,21 +14,13 @@ from glide.checkpoints import read_checkpoint
 from glide.training import train
 from glide.training.state import list_step_dirs
 
-from .helpers import tiny
+from .helpers import tiny, torchrun_glide
 
 pytestmark = pytest.mark.torchrun
 
 
 def torchrun(config_file: Path, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    if importlib.util.find_spec("torch.distributed.run") is None or not torch.distributed.is_available():
-        message = "torch.distributed.run is not available in this torch build"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "glide", "train", "--config", str(config_file)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return torchrun_glide("train", "--config", str(config_file), nproc=nproc, timeout=timeout)
 
 
 def test_two_processes_match_one_process(tmp_path):

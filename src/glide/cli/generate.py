@@ -129,13 +129,17 @@ def _stage_kwargs(run: Run, options: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("prompts", nargs=-1, required=True, metavar="PROMPT...", callback=check_prompts)
+@click.argument("prompts", nargs=-1, metavar="PROMPT...", callback=check_prompts)
+@click.option("--captions", "captions_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Instead of PROMPTs: every caption of FILE (one per line), written as NNNNNN.png with "
+                   "captions.jsonl and manifest.json for 'glide eval samples'. Resumes an interrupted run "
+                   "(finished images are kept); under torchrun the ranks share the work. --seed defaults to 0.")
 @sampling_options
 @guidance_options
 @click.option("--rerank", type=Number(integer=True, low=1), metavar="N",
               help="Draw N base samples per prompt and keep the --num-images best by noised-CLIP score.")
 @command_body
-def sample(prompts: tuple[str, ...], rerank: int | None, **options) -> None:
+def sample(prompts: tuple[str, ...], captions_file: str | None, rerank: int | None, **options) -> None:
     """Generate images from text: a base model, then its upsampler.
 
     Quote each prompt; several prompts make one batch. Writes <prompt>-<seed>-<k>.png per image
@@ -151,9 +155,16 @@ def sample(prompts: tuple[str, ...], rerank: int | None, **options) -> None:
       glide sample "a fall landscape" "a surrealist dream-like oil painting" --model openai -n 4
       glide sample "a corgi" --model openai --recipe notebook --clip-scale 1 -o corgis
       glide sample "a red circle above a blue square" --model random:tiny-base --upsampler random:tiny-upsample
+      glide sample --captions captions.txt -o samples/      # then: glide eval samples samples/ ...
+      torchrun --nproc_per_node 4 -m glide sample --captions captions.txt -o samples/
     """
     from ..pipelines import Text2ImagePipeline
 
+    if captions_file is not None:
+        return _sample_captions(captions_file, prompts, rerank, options)
+    if not prompts:
+        raise click.UsageError('give a prompt, e.g. glide sample "a small red circle above a large blue square", '
+                               'or a file of captions with --captions FILE')
     guidance = _split(options)
     if rerank is not None and rerank < options["num_images"]:
         raise click.UsageError(f"--rerank {rerank} must be >= --num-images {options['num_images']}")
@@ -170,6 +181,43 @@ def sample(prompts: tuple[str, ...], rerank: int | None, **options) -> None:
                     generator=generators, **_stage_kwargs(run, options))
 
     _generate(run, options, list(prompts), call, rerank)
+
+
+def _sample_captions(captions_file: str, prompts: tuple[str, ...], rerank: int | None, options: dict[str, Any]) -> None:
+    """``glide sample --captions FILE``: see ``glide.cli.caption_runs``."""
+    from ..pipelines import Text2ImagePipeline
+    from ..training.distributed import setup
+    from .caption_runs import read_caption_file, sample_caption_file
+
+    if prompts:
+        raise click.UsageError("give PROMPTs or --captions FILE, not both")
+    if rerank is not None:
+        raise click.UsageError("--rerank is not available with --captions")
+    captions = list(check_prompts(None, None, tuple(read_caption_file(captions_file))))
+    env = setup(options["device"])
+    try:
+        if env.enabled:
+            options["device"] = str(env.device)
+        options["seed"] = 0 if options["seed"] is None else options["seed"]  # every rank the same images
+        guidance = _split(options)
+        run = prepare("sample", captions, options, clip=_check_guidance(guidance, options["model"]),
+                      classifier=guidance["classifier"], class_label=guidance["class_label"])
+        cond_fns = _cond_fns(run, guidance)
+        pipe = Text2ImagePipeline(run.base_model, run.upsampler, run.clip)
+        metadata = {**run.metadata, "dtype": options["dtype"], "upsample_temp": options["upsample_temp"]}
+
+        def call(chunk: list[str], numbers: list[int]) -> Any:
+            return pipe(chunk, cond_fns=cond_fns, generator=[image_generator(run.seed, j) for j in numbers],
+                        **_stage_kwargs(run, options))
+
+        max_batch = options["max_batch"] or default_max_batch(run.device)
+        merged = sample_caption_file(options["output"], captions, options["num_images"], metadata, max_batch, env,
+                                     call)
+        if env.is_main:
+            log(f"{len(captions) * options['num_images']} images and {merged.name} in {options['output']} "
+                f"({time.perf_counter() - run.started:.1f}s)", fg="green")
+    finally:
+        env.close()
 
 
 def _check_square(image, name: str) -> None:
