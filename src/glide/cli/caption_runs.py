@@ -79,12 +79,16 @@ def check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def sample_caption_file(folder: Path, captions: Sequence[str], num_images: int, metadata: dict[str, Any],
-                        max_batch: int, env, call: Callable[[list[str], list[int]], Any]) -> Path:
+                        max_batch: int, env, call: Callable[[list[str], list[int]], Any], progress: bool = True,
+                        echo: bool = True) -> Path:
     """Sample this rank's missing images in chunks of ``max_batch``; rank 0 then merges the shards.
 
     ``call(prompts, numbers) -> PipelineOutput`` samples images ``numbers`` (one per prompt);
     ``env``: a ``glide.training.distributed.Distributed``. Returns the path of ``captions.jsonl``.
+    ``progress``: a bar of this rank's images (rate, ETA); ``echo``: print each written path.
     """
+    from tqdm import tqdm
+
     from ..images import save_png
 
     manifest = manifest_for(captions, num_images, metadata)
@@ -99,7 +103,9 @@ def sample_caption_file(folder: Path, captions: Sequence[str], num_images: int, 
             f"{len(todo)}")
     shard_dir = folder / SHARDS
     shard_dir.mkdir(exist_ok=True)
-    with (shard_dir / f"rank-{env.rank}.jsonl").open("a", encoding="utf-8") as shard:
+    bar = tqdm(total=len(todo), desc=f"images (rank {env.rank})" if env.enabled else "images", unit="img",
+               disable=not progress or not todo)
+    with bar, (shard_dir / f"rank-{env.rank}.jsonl").open("a", encoding="utf-8") as shard:
         for start in range(0, len(todo), max_batch):
             numbers = todo[start:start + max_batch]
             out = call([captions[j // num_images] for j in numbers], numbers)
@@ -109,7 +115,9 @@ def sample_caption_file(folder: Path, captions: Sequence[str], num_images: int, 
                                                  "image_number": number}})
                 shard.write(json.dumps({"file": path.name, "caption": captions[number // num_images]}) + "\n")
                 shard.flush()
-                click.echo(str(path))
+                if echo:
+                    click.echo(str(path))
+            bar.update(len(numbers))
     env.barrier()
     merged = folder / CAPTIONS
     if env.is_main:

@@ -191,3 +191,112 @@ def paper(out: str, experiments: str, count: int, clean_clip: str | None, sample
     for name, result in results.items():
         log(f"{name}: {result['seconds']:.0f} s")
     click.echo(str(tables))
+
+
+@evaluate.command("coco", context_settings=CONTEXT_SETTINGS)
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="The COCO captions file, e.g. annotations/captions_val2014.json.")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="The folder of its images, e.g. val2014/.")
+@click.option("--count", type=Number(integer=True, low=10), default=30_000, show_default=True,
+              help="Captions (distinct images) drawn; the paper uses 30,000.")
+@click.option("--scales", default="1.5,2,3", show_default=True, type=_Scales(),
+              help="Classifier-free guidance scales to sample and score.")
+@click.option("--model", default="openai", show_default=True, metavar="SPEC", help="The base model.")
+@click.option("--upsampler", default="openai", show_default=True, metavar="SPEC|none",
+              help="The upsampler (its output size is the evaluation size: 256 px for the official one).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False), metavar="FILE",
+              help="torch-fidelity's Inception weights (default: $GLIDE_INCEPTION_WEIGHTS or torch's hub cache).")
+@click.option("--batch-size", type=Number(integer=True, low=1), default=16, show_default=True,
+              help="Images sampled at once.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N (torchrun: per rank).")
+@click.option("--dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16")), default="auto", show_default=True,
+              help="Model precision; auto = fp16 on cuda, fp32 on cpu.")
+@click.option("--out", "-o", default="coco-eval", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the references, the samples of each scale, features and results.")
+@_SEED_OPTION
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@command_body
+def coco(annotations: str, images: str, count: int, scales: list[float], model: str, upsampler: str,
+         inception_weights: str | None, batch_size: int, device: str, dtype: str, out: str, seed: int,
+         progress: bool) -> None:
+    """The paper's zero-shot MS-COCO FID: 30k captions, references centre-cropped and resized,
+    Inception FID at the cascade's output size, over guidance scales (GLIDE: 12.24 at 256 px).
+
+    Interrupted runs resume (references, samples and features are kept); under
+    torchrun --nproc_per_node N -m glide eval coco ... the ranks share the sampling.
+    """
+    from ..devices import resolve_dtype
+    from ..evaluation import metrics
+    from ..evaluation.coco import PAPER_ZERO_SHOT_FID, folder_features, prepare_references, read_coco_captions
+    from ..evaluation.report import write_csv, write_json
+    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, Text2ImagePipeline
+    from ..pipelines.text2im import recommended_stage
+    from ..training.distributed import setup
+    from .caption_runs import image_file, sample_caption_file
+    from .generate import image_generator
+    from .prepare import stage_text
+
+    out_dir = Path(out)
+    pairs = read_coco_captions(annotations, count, seed)
+    captions = [caption for _, caption in pairs]
+    env = setup(device)
+    try:
+        pipeline = Text2ImagePipeline.from_pretrained(model, upsampler if upsampler.lower() != "none" else None,
+                                                      device=env.device, dtype=resolve_dtype(dtype, env.device))
+        size = (pipeline.upsampler or pipeline.base).config.image_size
+        references = out_dir / f"reference-{size}"
+        if env.is_main:
+            log(f"{count} captions from {annotations}; reference images centre-cropped to {size} px in {references}")
+            prepare_references([name for name, _ in pairs], images, references, size, progress)
+        env.barrier()
+        base = recommended_stage(pipeline.base, DEFAULT_BASE)
+        up = recommended_stage(pipeline.upsampler, DEFAULT_UPSAMPLE) if pipeline.upsampler is not None else None
+        network = metrics.inception_network(inception_weights) if env.is_main else None
+        reference_paths = [references / image_file(j) for j in range(count)]
+        rows = []
+        for scale in scales:
+            options = replace(base, guidance_scale=scale)
+            folder = out_dir / f"samples-scale-{scale:g}"
+            metadata = dict(command="eval coco", model=model, upsampler=upsampler, seed=seed, dtype=dtype,
+                            base_stage=stage_text(options), upsample_stage=stage_text(up) if up else None)
+
+            def call(prompts: list[str], numbers: list[int], options=options):
+                return pipeline(prompts, base=options, upsample=up or False, progress=False,
+                                generator=[image_generator(seed, j) for j in numbers])
+
+            if env.is_main:
+                log(f"guidance scale {scale:g}: sampling into {folder}")
+            sample_caption_file(folder, captions, 1, metadata, batch_size, env, call, progress=progress, echo=False)
+            if env.is_main:
+                real = folder_features(reference_paths, network, "inception-v3", out_dir / "features" /
+                                       f"reference-{size}.safetensors", progress=progress, desc="reference features")
+                fake = folder_features([folder / image_file(j) for j in range(count)], network, "inception-v3",
+                                       out_dir / "features" / f"scale-{scale:g}.safetensors", progress=progress,
+                                       desc=f"scale {scale:g} features")
+                fid, interval = metrics.fid_with_ci(real, fake, seed=seed)
+                rows.append({"guidance_scale": scale, "fid": fid, "fid_ci95": interval, "images": count,
+                             "size": size, "base_stage": metadata["base_stage"],
+                             "upsample_stage": metadata["upsample_stage"]})
+                click.echo(f"scale {scale:g}: FID {fid:.2f} (95% CI {interval[0]:.2f}-{interval[1]:.2f})")
+        if env.is_main:
+            write_json({"protocol": "zero-shot MS-COCO", "annotations": str(annotations), "count": count,
+                        "seed": seed, "size": size, "model": model, "upsampler": upsampler, "rows": rows,
+                        "paper": PAPER_ZERO_SHOT_FID}, out_dir / "results.json")
+            write_csv(rows, out_dir / "results.csv")
+            _plot(lambda: _plot_fid(rows, out_dir / "fid.png"))
+            log("the paper: " + "; ".join(f"{k}: FID {v}" for k, v in PAPER_ZERO_SHOT_FID.items()))
+    finally:
+        env.close()
+
+
+def _plot_fid(rows: list[dict[str, Any]], path: Path) -> Path:
+    from ..evaluation.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar([r["guidance_scale"] for r in rows], [r["fid"] for r in rows],
+                yerr=[[r["fid"] - r["fid_ci95"][0] for r in rows], [r["fid_ci95"][1] - r["fid"] for r in rows]],
+                fmt="o-", capsize=3)
+    ax.set(xlabel="classifier-free guidance scale", ylabel="FID (Inception)", title="zero-shot COCO FID")
+    return _save(fig, plt, path)

@@ -208,11 +208,11 @@ def _sample_captions(captions_file: str, prompts: tuple[str, ...], rerank: int |
 
         def call(chunk: list[str], numbers: list[int]) -> Any:
             return pipe(chunk, cond_fns=cond_fns, generator=[image_generator(run.seed, j) for j in numbers],
-                        **_stage_kwargs(run, options))
+                        **{**_stage_kwargs(run, options), "progress": False})  # one bar over the images
 
         max_batch = options["max_batch"] or default_max_batch(run.device)
         merged = sample_caption_file(options["output"], captions, options["num_images"], metadata, max_batch, env,
-                                     call)
+                                     call, progress=options["progress"])
         if env.is_main:
             log(f"{len(captions) * options['num_images']} images and {merged.name} in {options['output']} "
                 f"({time.perf_counter() - run.started:.1f}s)", fg="green")
