@@ -18,7 +18,14 @@ _SEED_OPTION = click.option("--seed", type=Number(integer=True, low=0), default=
 _FID_OPTION = click.option("--fid/--no-fid", default=True, show_default=True,
                            help="Compute shapes-FID, precision and recall (needs a few images per set; "
                                 "the error says how many).")
+_PROGRESS_OPTION = click.option("--progress/--no-progress", default=True, show_default=True,
+                                help="Show progress bars (rate and ETA).")
 _CLIP_OPTION = click.option("--clip", metavar="SPEC", help="A noised CLIP checkpoint for the CLIP score (t=0).")
+
+
+def _batch_size_option(default: int):
+    return click.option("--batch-size", type=Number(integer=True, low=1), default=default, show_default=True,
+                        help="Images sampled at once.")
 
 
 def _shared_options(fn):
@@ -89,12 +96,11 @@ def samples(folder: str, captions_file: str, reference: str | None, out: str, ju
               help="heldout:OBJECTS:COUNT[:SEED] (held-out scenes) or a file of captions, one per line.")
 @click.option("--sampler", help="The base stage's sampler (default: the model's recommended one, else dpm++2m).")
 @click.option("--steps", help="Base sampling steps or a respacing string (default: the model's recommended, else 20).")
-@click.option("--batch-size", type=Number(integer=True, low=1), default=50, show_default=True,
-              help="Images sampled at once.")
+@_batch_size_option(50)
 @click.option("--out", "-o", default="sweep", show_default=True, type=click.Path(file_okay=False),
               help="Folder for results.json, results.csv, grid-scale-S.png and sweep.png.")
 @_shared_options
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@_PROGRESS_OPTION
 @command_body
 def sweep(model: str, upsampler: str, scales: list[float], caption_spec: str, sampler: str | None, steps: str | None,
           batch_size: int, out: str, judge: str, clip: str | None, fid: bool, seed: int, progress: bool) -> None:
@@ -161,10 +167,9 @@ def _plot(make) -> None:
 @click.option("--sampler", default="ddpm", show_default=True, help="The base sampler of the experiments "
               "(DDPM: the gradient guidances' scales differ between samplers).")
 @click.option("--steps", default="25", show_default=True, help="Base steps (the samplers experiment varies them).")
-@click.option("--batch-size", type=Number(integer=True, low=1), default=50, show_default=True,
-              help="Images sampled at once.")
+@_batch_size_option(50)
 @_SEED_OPTION
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@_PROGRESS_OPTION
 @command_body
 def paper(out: str, experiments: str, count: int, clean_clip: str | None, sampler: str, steps: str, batch_size: int,
           seed: int, progress: bool) -> None:
@@ -207,15 +212,14 @@ def paper(out: str, experiments: str, count: int, clean_clip: str | None, sample
               help="The upsampler (its output size is the evaluation size: 256 px for the official one).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), metavar="FILE",
               help="torch-fidelity's Inception weights (default: $GLIDE_INCEPTION_WEIGHTS or torch's hub cache).")
-@click.option("--batch-size", type=Number(integer=True, low=1), default=16, show_default=True,
-              help="Images sampled at once.")
+@_batch_size_option(16)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N (torchrun: per rank).")
 @click.option("--dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16")), default="auto", show_default=True,
               help="Model precision; auto = fp16 on cuda, fp32 on cpu.")
 @click.option("--out", "-o", default="coco-eval", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the references, the samples of each scale, features and results.")
 @_SEED_OPTION
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@_PROGRESS_OPTION
 @command_body
 def coco(annotations: str, images: str, count: int, scales: list[float], model: str, upsampler: str,
          inception_weights: str | None, batch_size: int, device: str, dtype: str, out: str, seed: int,
