@@ -210,6 +210,9 @@ def paper(out: str, experiments: str, count: int, clean_clip: str | None, sample
 @click.option("--model", default="openai", show_default=True, metavar="SPEC", help="The base model.")
 @click.option("--upsampler", default="openai", show_default=True, metavar="SPEC|none",
               help="The upsampler (its output size is the evaluation size: 256 px for the official one).")
+@click.option("--recipe", type=click.Choice(("default", "notebook")), default="default", show_default=True,
+              help="default: each model's recommended sampling, else DPM-Solver++ 20 + 5 steps; notebook: the "
+                   "official notebook's 100 DDPM steps + fast27 upsampling.")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), metavar="FILE",
               help="torch-fidelity's Inception weights (default: $GLIDE_INCEPTION_WEIGHTS or torch's hub cache).")
 @_batch_size_option(16)
@@ -221,7 +224,7 @@ def paper(out: str, experiments: str, count: int, clean_clip: str | None, sample
 @_SEED_OPTION
 @_PROGRESS_OPTION
 @command_body
-def coco(annotations: str, images: str, count: int, scales: list[float], model: str, upsampler: str,
+def coco(annotations: str, images: str, count: int, scales: list[float], model: str, upsampler: str, recipe: str,
          inception_weights: str | None, batch_size: int, device: str, dtype: str, out: str, seed: int,
          progress: bool) -> None:
     """The paper's zero-shot MS-COCO FID: 30k captions, references centre-cropped and resized,
@@ -234,7 +237,7 @@ def coco(annotations: str, images: str, count: int, scales: list[float], model: 
     from ..evaluation import metrics
     from ..evaluation.coco import PAPER_ZERO_SHOT_FID, folder_features, prepare_references, read_coco_captions
     from ..evaluation.report import write_csv, write_json
-    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, Text2ImagePipeline
+    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, Text2ImagePipeline
     from ..pipelines.text2im import recommended_stage
     from ..training.distributed import setup
     from .caption_runs import image_file, sample_caption_file
@@ -254,8 +257,11 @@ def coco(annotations: str, images: str, count: int, scales: list[float], model: 
             log(f"{count} captions from {annotations}; reference images centre-cropped to {size} px in {references}")
             prepare_references([name for name, _ in pairs], images, references, size, progress)
         env.barrier()
-        base = recommended_stage(pipeline.base, DEFAULT_BASE)
-        up = recommended_stage(pipeline.upsampler, DEFAULT_UPSAMPLE) if pipeline.upsampler is not None else None
+        if recipe == "notebook":
+            base, up = NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE if pipeline.upsampler is not None else None
+        else:
+            base = recommended_stage(pipeline.base, DEFAULT_BASE)
+            up = recommended_stage(pipeline.upsampler, DEFAULT_UPSAMPLE) if pipeline.upsampler is not None else None
         network = metrics.inception_network(inception_weights) if env.is_main else None
         reference_paths = [references / image_file(j) for j in range(count)]
         rows = []
