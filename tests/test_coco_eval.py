@@ -74,8 +74,8 @@ def test_the_protocol_end_to_end_then_resumed(coco, tmp_path, tiny_inception):
     annotations, images = coco
     out = tmp_path / "eval"
     args = ("eval", "coco", "--annotations", str(annotations), "--images", str(images), "--count", "12",
-            "--scales", "1,3", "--recipe", "default", "--model", "random:tiny-base", "--upsampler", "none", "--device", "cpu",
-            "-o", str(out), "--no-progress")
+            "--scales", "1,3", "--recipe", "default", "--model", "random:tiny-base", "--upsampler", "none",
+            "--device", "cpu", "-o", str(out), "--no-progress")
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     refs = sorted((out / "reference-64").glob("*.png"))

@@ -13,7 +13,15 @@ from glide.models import Text2ImConfig, build_model
 from glide.models.presets import preset_config
 from glide.models.text2im import TextEmbedding
 from glide.training import TrainConfig, train
-from glide.training.probe import ProbeResult, caption_probe, main, probe_scenes, probe_timesteps
+from glide.training.probe import (
+    ProbeResult,
+    binding_probe,
+    binding_scenes,
+    caption_probe,
+    main,
+    probe_scenes,
+    probe_timesteps,
+)
 
 PREFERRED = {"colour": "red", "shape": "circle", "size": "small"}
 
@@ -22,9 +30,9 @@ class PreferringModel(nn.Module):
     """Predicts zero noise for captions with the preferred words and a far-off constant otherwise,
     so the caption with the most preferred words always has the lowest denoising loss."""
 
-    def __init__(self, config: Text2ImConfig):
+    def __init__(self, config: Text2ImConfig, preferred=tuple(PREFERRED.values())):
         super().__init__()
-        self.config = config
+        self.config, self.preferred = config, preferred
         self.anchor = nn.Parameter(torch.zeros(()))
         self.captions: list[str] = []
 
@@ -33,7 +41,7 @@ class PreferringModel(nn.Module):
         return torch.arange(len(captions))[:, None], torch.ones(len(captions), 1, dtype=torch.bool)
 
     def encode_text(self, tokens, mask):
-        misses = [sum(word not in self.captions[i].split() for word in PREFERRED.values()) for i in tokens[:, 0]]
+        misses = [sum(word not in self.captions[i].split() for word in self.preferred) for i in tokens[:, 0]]
         penalty = torch.tensor(misses, dtype=torch.float32)[:, None]
         return TextEmbedding(penalty, torch.zeros(len(misses), 1, 1))
 
@@ -135,3 +143,23 @@ def test_training_logs_the_judged_caption_accuracy_of_its_sample_grids(tmp_path)
     free = train(tiny(tmp_path / "free", steps=2, sample_every=2, num_samples=2, sample_steps=2,
                       sample_prompts=("an oil painting of a corgi",)))
     assert all("grid_caption_accuracy" not in row for row in metric_rows(free))
+
+
+def test_binding_probe_finds_the_preferred_relation_and_a_bag_of_words_cannot_bind():
+    from glide.data.shapes import relation
+
+    model = PreferringModel(preset_config("tiny-base", image_size=16), preferred=("above",))
+    result = binding_probe(model, images=24, pairs=2)
+    scenes = binding_scenes(24)
+    assert all(len(scene) == 2 for scene in scenes)
+    assert result.relation_accuracy == pytest.approx(sum(relation(a, b) == "above" for a, b in scenes) / 24)
+    # the colour-swapped caption holds the same words: a bag-of-words model cannot prefer the truth
+    assert result.binding_accuracy == 0.0 and (result.images, result.pairs) == (24, 2)
+
+
+def test_binding_probe_on_a_real_model_is_deterministic_and_bounded():
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny-base", image_size=16, text_ctx=64))  # two-object captions fit
+    first, second = binding_probe(model, images=3, pairs=2), binding_probe(model, images=3, pairs=2, batch_size=4)
+    assert first == second
+    assert 0 <= first.relation_accuracy <= 1 and 0 <= first.binding_accuracy <= 1

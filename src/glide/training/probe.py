@@ -9,7 +9,13 @@ words gives the lowest loss over fixed ``(t, noise)`` pairs shared by every cand
 The accuracies rise long before the samples follow their captions, so a run shows early whether
 it learns its text; chance is 1/7, 1/6 and 1/2.
 
+The binding probe (``binding_probe``) asks the same of two-object scenes: which of the 4 relation
+words (objects kept), and the true caption or the one with the two colours swapped ("a red circle
+above a blue square" vs "a blue circle above a red square"). Chance is 1/4 and 1/2; a model that
+reads its captions as a bag of words stays at chance on both.
+
     python -m glide.training.probe RUN --all          # every checkpoint of a run, one JSON line each
+    python -m glide.training.probe RUN --binding      # relations and colour binding instead
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.shapes import COLOURS, SHAPES, SIZES, caption_for, render_shapes
+from ..data.shapes import COLOURS, RELATIONS, SHAPES, SIZES, CaptionedShapes, caption_for, relation, render_shapes
 from ..data.transforms import image_to_tensor
 from ..diffusion import GaussianDiffusion
 from ..models.text2im import TextEmbedding
@@ -84,11 +90,7 @@ def caption_probe(model: nn.Module, *, images: int = 42, pairs: int = 12, seed: 
     """Run the probe on a text-conditional base model (``Text2ImUNet`` without low-res or
     inpainting inputs) at its own ``image_size``. Deterministic for a given model and ``seed``;
     the model's train/eval mode is restored afterwards."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) != "text2im" or not config.xf_width:
-        raise ValueError("the caption probe needs a text-conditional text2im model (a base checkpoint)")
-    if config.super_res or config.inpaint:
-        raise ValueError("the caption probe takes a base model, not an upsampler or inpainting model")
+    config = _check_base(model, "caption probe")
     if pairs < 1 or batch_size < 1:
         raise ValueError(f"pairs and batch_size must be >= 1, got {pairs}, {batch_size}")
     diffusion = GaussianDiffusion.from_schedule(config.noise_schedule, config.diffusion_steps)
@@ -118,6 +120,69 @@ def caption_probe(model: nn.Module, *, images: int = 42, pairs: int = 12, seed: 
     return ProbeResult(colour_accuracy=float(correct["colour"].mean()), shape_accuracy=float(correct["shape"].mean()),
                        size_accuracy=float(correct["size"].mean()), all_accuracy=float(everything.mean()),
                        images=images, pairs=pairs)
+
+
+@dataclass
+class BindingResult:
+    """On two-object scenes: the share whose true relation word, and whose true colour binding
+    (against the colours swapped), gave the lowest loss."""
+
+    relation_accuracy: float
+    binding_accuracy: float
+    images: int
+    pairs: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _check_base(model: nn.Module, probe: str):
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) != "text2im" or not config.xf_width:
+        raise ValueError(f"the {probe} needs a text-conditional text2im model (a base checkpoint)")
+    if config.super_res or config.inpaint:
+        raise ValueError(f"the {probe} takes a base model, not an upsampler or inpainting model")
+    return config
+
+
+def binding_scenes(count: int, seed: int = 0, split: str = "train") -> list[list[dict]]:
+    """The binding probe's ``count`` two-object scenes of ``split``, a pure function of its arguments."""
+    data = CaptionedShapes(32, length=count, seed=seed + 123, min_shapes=2, max_shapes=2, split=split)
+    return [data.scene(index) for index in range(count)]
+
+
+@torch.no_grad()
+def binding_probe(model: nn.Module, *, images: int = 40, pairs: int = 12, seed: int = 0, split: str = "train",
+                  batch_size: int = 64) -> BindingResult:
+    """The binding probe (module doc) on ``images`` two-object scenes of the ``split`` (``train``:
+    scenes like the training data's, so a miss is not about unseen combinations)."""
+    config = _check_base(model, "binding probe")
+    if images < 1 or pairs < 1:
+        raise ValueError(f"images and pairs must be >= 1, got {images}, {pairs}")
+    diffusion = GaussianDiffusion.from_schedule(config.noise_schedule, config.diffusion_steps)
+    device = next(model.parameters()).device
+    timesteps = probe_timesteps(diffusion.num_timesteps, pairs).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    scenes = binding_scenes(images, seed, split)
+    was_training = model.training
+    model.eval()
+    relations, bindings = [], []
+    try:
+        for a, b in scenes:
+            truth, true_relation = caption_for([a, b]), relation(a, b)
+            x_start = image_to_tensor(render_shapes([a, b], config.image_size))
+            noise = torch.randn((pairs, *x_start.shape), generator=generator).to(device)
+            x_t = diffusion.q_sample(x_start.to(device).expand(pairs, -1, -1, -1), timesteps, noise)
+            candidates = [truth.replace(f" {true_relation} ", f" {word} ", 1) for word in RELATIONS]
+            swapped = caption_for([{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}])
+            losses = _denoising_losses(model, candidates + [swapped], x_t, timesteps, noise, batch_size)
+            truth_loss = losses[RELATIONS.index(true_relation)]
+            relations.append(min(range(len(RELATIONS)), key=lambda k: (losses[k], k)) == RELATIONS.index(true_relation))
+            bindings.append(truth_loss < losses[-1])
+    finally:
+        model.train(was_training)
+    return BindingResult(relation_accuracy=float(np.mean(relations)), binding_accuracy=float(np.mean(bindings)),
+                         images=images, pairs=pairs)
 
 
 def _denoising_losses(model: nn.Module, captions: list[str], x_t: torch.Tensor, timesteps: torch.Tensor,
@@ -158,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=42, help="single-shape renders to classify")
     parser.add_argument("--pairs", type=int, default=12, help="(t, noise) pairs per image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--binding", action="store_true",
+                        help="the binding probe on two-object scenes (relation words, colour swaps) instead")
     args = parser.parse_args(argv)
 
     from ..checkpoints import CheckpointError, load_model
@@ -169,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in _checkpoint_folders(path, args.all):
         try:
             model = load_model(folder, weights=args.weights)
-            result = caption_probe(model, images=args.images, pairs=args.pairs, seed=args.seed)
+            probe = binding_probe if args.binding else caption_probe
+            result = probe(model, images=args.images, pairs=args.pairs, seed=args.seed)
         except (CheckpointError, ValueError) as exc:
             print(f"error: {folder}: {exc}", file=sys.stderr)
             return 2
