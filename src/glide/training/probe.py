@@ -90,31 +90,21 @@ def caption_probe(model: nn.Module, *, images: int = 42, pairs: int = 12, seed: 
     """Run the probe on a text-conditional base model (``Text2ImUNet`` without low-res or
     inpainting inputs) at its own ``image_size``. Deterministic for a given model and ``seed``;
     the model's train/eval mode is restored afterwards."""
-    config = _check_base(model, "caption probe")
+    _check_base(model, "caption probe")
     if pairs < 1 or batch_size < 1:
         raise ValueError(f"pairs and batch_size must be >= 1, got {pairs}, {batch_size}")
-    diffusion = GaussianDiffusion.from_schedule(config.noise_schedule, config.diffusion_steps)
-    device = next(model.parameters()).device
-    timesteps = probe_timesteps(diffusion.num_timesteps, pairs).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        hits = {name: [] for name in ATTRIBUTES}
-        for scene in probe_scenes(images, seed):
-            x_start = image_to_tensor(render_shapes([scene], config.image_size))
-            noise = torch.randn((pairs, *x_start.shape), generator=generator).to(device)
-            x_t = diffusion.q_sample(x_start.to(device).expand(pairs, -1, -1, -1), timesteps, noise)
-            candidates = _candidates(scene)
-            captions = sorted({c for group in candidates.values() for c in group})
-            losses = dict(zip(captions, _denoising_losses(model, captions, x_t, timesteps, noise, batch_size),
-                              strict=True))
-            truth = caption_for([scene])
-            for name, group in candidates.items():
-                best = min(group, key=lambda c: (losses[c], c))
-                hits[name].append(best == truth)
-    finally:
-        model.train(was_training)
+    hits = {name: [] for name in ATTRIBUTES}
+
+    def captions_of(scene: list[dict]) -> list[str]:
+        return sorted({c for group in _candidates(scene[0]).values() for c in group})
+
+    for scene, captions, losses in _scene_losses(model, [[s] for s in probe_scenes(images, seed)], captions_of,
+                                                 pairs, seed, batch_size):
+        by_caption = dict(zip(captions, losses, strict=True))
+        truth = caption_for(scene)
+        for name, group in _candidates(scene[0]).items():
+            best = min(group, key=lambda c: (by_caption[c], c))
+            hits[name].append(best == truth)
     correct = {name: np.array(v) for name, v in hits.items()}
     everything = correct["colour"] & correct["shape"] & correct["size"]
     return ProbeResult(colour_accuracy=float(correct["colour"].mean()), shape_accuracy=float(correct["shape"].mean()),
@@ -136,13 +126,12 @@ class BindingResult:
         return asdict(self)
 
 
-def _check_base(model: nn.Module, probe: str):
+def _check_base(model: nn.Module, probe: str) -> None:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) != "text2im" or not config.xf_width:
         raise ValueError(f"the {probe} needs a text-conditional text2im model (a base checkpoint)")
     if config.super_res or config.inpaint:
         raise ValueError(f"the {probe} takes a base model, not an upsampler or inpainting model")
-    return config
 
 
 def binding_scenes(count: int, seed: int = 0, split: str = "train") -> list[list[dict]]:
@@ -156,33 +145,45 @@ def binding_probe(model: nn.Module, *, images: int = 40, pairs: int = 12, seed: 
                   batch_size: int = 64) -> BindingResult:
     """The binding probe (module doc) on ``images`` two-object scenes of the ``split`` (``train``:
     scenes like the training data's, so a miss is not about unseen combinations)."""
-    config = _check_base(model, "binding probe")
+    _check_base(model, "binding probe")
     if images < 1 or pairs < 1:
         raise ValueError(f"images and pairs must be >= 1, got {images}, {pairs}")
+    relations, bindings = [], []
+
+    def captions_of(scene: list[dict]) -> list[str]:
+        a, b = scene
+        true_relation = relation(a, b)
+        candidates = [caption_for(scene).replace(f" {true_relation} ", f" {word} ", 1) for word in RELATIONS]
+        return candidates + [caption_for([{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}])]
+
+    for (a, b), _, losses in _scene_losses(model, binding_scenes(images, seed, split), captions_of, pairs, seed,
+                                           batch_size):
+        truth = RELATIONS.index(relation(a, b))
+        relations.append(min(range(len(RELATIONS)), key=lambda k: (losses[k], k)) == truth)
+        bindings.append(losses[truth] < losses[-1])  # the true binding against the colours swapped
+    return BindingResult(relation_accuracy=float(np.mean(relations)), binding_accuracy=float(np.mean(bindings)),
+                         images=images, pairs=pairs)
+
+
+def _scene_losses(model: nn.Module, scenes: list[list[dict]], captions_of, pairs: int, seed: int, batch_size: int):
+    """For each scene: (scene, its candidate captions, their denoising losses) over ``pairs`` fixed
+    (t, noise) pairs shared by the candidates; the model runs in eval mode, then is restored."""
+    config = model.config
     diffusion = GaussianDiffusion.from_schedule(config.noise_schedule, config.diffusion_steps)
     device = next(model.parameters()).device
     timesteps = probe_timesteps(diffusion.num_timesteps, pairs).to(device)
     generator = torch.Generator().manual_seed(seed)
-    scenes = binding_scenes(images, seed, split)
     was_training = model.training
     model.eval()
-    relations, bindings = [], []
     try:
-        for a, b in scenes:
-            truth, true_relation = caption_for([a, b]), relation(a, b)
-            x_start = image_to_tensor(render_shapes([a, b], config.image_size))
+        for scene in scenes:
+            x_start = image_to_tensor(render_shapes(scene, config.image_size))
             noise = torch.randn((pairs, *x_start.shape), generator=generator).to(device)
             x_t = diffusion.q_sample(x_start.to(device).expand(pairs, -1, -1, -1), timesteps, noise)
-            candidates = [truth.replace(f" {true_relation} ", f" {word} ", 1) for word in RELATIONS]
-            swapped = caption_for([{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}])
-            losses = _denoising_losses(model, candidates + [swapped], x_t, timesteps, noise, batch_size)
-            truth_loss = losses[RELATIONS.index(true_relation)]
-            relations.append(min(range(len(RELATIONS)), key=lambda k: (losses[k], k)) == RELATIONS.index(true_relation))
-            bindings.append(truth_loss < losses[-1])
+            captions = captions_of(scene)
+            yield scene, captions, _denoising_losses(model, captions, x_t, timesteps, noise, batch_size)
     finally:
         model.train(was_training)
-    return BindingResult(relation_accuracy=float(np.mean(relations)), binding_accuracy=float(np.mean(bindings)),
-                         images=images, pairs=pairs)
 
 
 def _denoising_losses(model: nn.Module, captions: list[str], x_t: torch.Tensor, timesteps: torch.Tensor,
