@@ -102,6 +102,9 @@ def test_every_experiment_end_to_end_then_resumed_from_the_cache(models, tmp_pat
     assert [r["family"] for r in rows] == ["unguided", "cfg", "clip-noised", "clip-clean", "classifier"]
     assert all(r["images"] == 10 and 0 <= r["acc_caption"] <= 1 and r["fid"] > 0 for r in rows)
     assert len(json.loads((tmp_path / "guidance-best.json").read_text())) == 5
+    retrieval = json.loads((tmp_path / "clip-retrieval.json").read_text())
+    assert [r["clip"] for r in retrieval] == ["clip-noised", "clip-clean"]
+    assert retrieval[0]["0"] >= 0.5 and all(0 <= r["900"] <= 1 for r in retrieval)  # the bundled CLIP at t = 0
     inpaint = {r["method"]: r for r in json.loads((tmp_path / "inpainting.json").read_text())}
     assert inpaint["inpaint model + pasting"]["unmasked_change_max"] < 0.005  # the known region is kept
     assert inpaint["base + pasting"]["unmasked_change_max"] < 0.005

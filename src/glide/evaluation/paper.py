@@ -257,14 +257,45 @@ def best_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
+CLIP_CHECK_TIMESTEPS = (0, 250, 500, 750, 900)
+
+
+@torch.no_grad()
+def clip_retrieval(clip: nn.Module, diffusion, images: torch.Tensor, captions: Sequence[str],
+                   timesteps: Sequence[int] = CLIP_CHECK_TIMESTEPS, seed: int = 0) -> dict[str, float]:
+    """Per noise level t: the share of ``images`` (noised to t by ``diffusion``) whose own caption
+    the CLIP ranks first among the distinct ``captions``: what a guiding CLIP sees at that t."""
+    distinct = sorted(set(captions))
+    z_text = clip.embed_text(*clip.tokenize(distinct))
+    truth = torch.tensor([distinct.index(c) for c in captions])
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in timesteps:
+        steps = torch.full((len(images),), t, dtype=torch.long)
+        x_t = diffusion.q_sample(images, steps, torch.randn(images.shape, generator=generator))
+        picks = (clip.embed_image(x_t, steps) @ z_text.T).argmax(dim=1)
+        out[str(t)] = float((picks == truth).float().mean())
+    return out
+
+
 def run_guidance(ctx: Context, settings: Sequence[Setting]) -> dict[str, Any]:
+    from ..diffusion import GaussianDiffusion
+
     rows = _evaluate_settings(ctx, settings, 1, "guidance settings")
     floor = real_floor(ctx, 1)
     best = best_rows(rows)
     _write_rows(ctx.out, "guidance", rows)
     write_json(best, ctx.out / "guidance-best.json")
     _try_plot(lambda: plot_curves(rows, ctx.out / "guidance.png", floor))
-    return {"rows": rows, "best": best, "real": floor}
+    config = ctx.models.base.config
+    diffusion = GaussianDiffusion.from_schedule(config.noise_schedule, config.diffusion_steps)
+    captions, scenes = caption_set(f"heldout:1:{ctx.count}", ctx.seed)
+    renders = reference_renders(captions, ctx.models.clip.config.image_size, ctx.seed + 2)  # fresh layouts
+    clips = {"clip-noised": ctx.models.clip, "clip-clean": ctx.models.clean_clip}
+    retrieval = [{"clip": name, **clip_retrieval(clip, diffusion, renders, captions, seed=ctx.seed)}
+                 for name, clip in clips.items() if clip is not None]
+    _write_rows(ctx.out, "clip-retrieval", retrieval)
+    return {"rows": rows, "best": best, "real": floor, "clip_retrieval": retrieval}
 
 
 def run_samplers(ctx: Context, settings: Sequence[Setting]) -> dict[str, Any]:
@@ -481,7 +512,7 @@ def markdown_tables(out: str | Path) -> str:
         rows = json.loads((out / "guidance.json").read_text())
         parts.append(_table(rows, "guidance (every scale)"))
         parts.append(_table(best_rows(rows), "guidance (best scale of each)"))
-    for name in ("samplers", "inpainting", "upsampler"):
+    for name in ("clip-retrieval", "samplers", "inpainting", "upsampler"):
         if (out / f"{name}.json").is_file():
             import json
 
