@@ -44,35 +44,29 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await self._refuse(send)
         received = 0
-        too_large = False
+        too_large = refused = False
 
         async def counted_receive():
             nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > self.max_bytes:  # stop reading: the app sees a client that went away
                     too_large = True
-                    raise BodyTooLarge
+                    return {"type": "http.disconnect"}
             return message
 
-        response_started = False
-
-        async def tracked_send(message):
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not response_started:
-                await self._refuse(send)
-        except Exception:
+        async def checked_send(message):
+            nonlocal refused
             if not too_large:
-                raise
-            if not response_started:
+                return await send(message)
+            if not refused:  # whatever the app makes of the cut-off body, the client gets the 413
+                refused = True
                 await self._refuse(send)
+
+        await self.app(scope, counted_receive, checked_send)
 
     async def _refuse(self, send) -> None:
         body = json.dumps({"detail": f"the request body is larger than this server's limit of "
@@ -80,10 +74,6 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
