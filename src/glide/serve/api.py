@@ -80,7 +80,8 @@ def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: s
     async def generate(body: GenerateRequest, request: Request) -> ImagesResponse:
         """Images from a prompt."""
         model = _checked(registry, limits, body, "generate")
-        return await _sample(worker, request, model, body, model.settings("generate", **_sampling(body)), {})
+        settings = model.settings("generate", **_sampling(body, limits))
+        return await _sample(worker, request, model, body, settings, {})
 
     @app.post("/v1/inpaint", response_model=ImagesResponse, **v1)
     async def inpaint(body: InpaintRequest, request: Request) -> ImagesResponse:
@@ -93,7 +94,7 @@ def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: s
                                       f"{image.width}x{image.height}: give a mask of the image's size")
         if not _paints_anything(mask):
             raise RequestRefused(422, "mask marks nothing to repaint: paint the region to change white")
-        settings = model.settings("inpaint", **_sampling(body), inputs=fingerprint(image, mask))
+        settings = model.settings("inpaint", **_sampling(body, limits), inputs=fingerprint(image, mask))
         return await _sample(worker, request, model, body, settings, dict(image=image, mask=mask))
 
     @app.post("/v1/edit", response_model=ImagesResponse, **v1)
@@ -101,18 +102,20 @@ def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: s
         """Redraw an image towards the prompt; ``strength`` says how much."""
         model = _checked(registry, limits, body, "edit")
         image = decode_image(body.image, "image", limits.max_image_size)
-        settings = model.settings("edit", **_sampling(body), strength=body.strength, inputs=fingerprint(image))
+        settings = model.settings("edit", **_sampling(body, limits), strength=body.strength, inputs=fingerprint(image))
         return await _sample(worker, request, model, body, settings, dict(image=image))
 
     @app.get("/v1/models", response_model=ModelsResponse, **v1)
     async def models() -> ModelsResponse:
-        """The models this server offers (``model`` of a request), their endpoints and recommended sampling."""
+        """The models this server offers (``model`` of a request), their endpoints and default sampling
+        (the model's recommendation within this server's --max-steps)."""
         infos = []
         for m in registry.models.values():
-            recommended = m.recommended()
+            default = m.settings("generate", sampler=None, steps=None, guidance_scale=None, upsample=True,
+                                 upsample_steps=None, max_steps=limits.max_steps).base
             infos.append(ModelInfo(name=m.name, spec=m.spec, image_size=m.image_size(), endpoints=m.endpoints,
-                                   sampler=recommended.sampler, steps=recommended.timesteps,
-                                   guidance_scale=recommended.guidance_scale))
+                                   sampler=default.sampler, steps=default.timesteps,
+                                   guidance_scale=default.guidance_scale))
         return ModelsResponse(models=infos, limits=dict(max_images=limits.max_images, max_steps=limits.max_steps,
                                                         max_image_size=limits.max_image_size))
 
@@ -155,9 +158,9 @@ def _checked(registry: ModelRegistry, limits: Limits, body: SamplingRequest, kin
         raise RequestRefused(422, f"model: {e}") from None
 
 
-def _sampling(body: SamplingRequest) -> dict:
+def _sampling(body: SamplingRequest, limits: Limits) -> dict:
     return dict(sampler=body.sampler, steps=body.steps, guidance_scale=body.guidance_scale, upsample=body.upsample,
-                upsample_steps=body.upsample_steps)
+                upsample_steps=body.upsample_steps, max_steps=limits.max_steps)
 
 
 def _paints_anything(mask: Image.Image) -> bool:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..checkpoints.load import RANDOM_PREFIX
 from ..checkpoints.specs import BUNDLED, OPENAI, load_pipeline_models
+from ..diffusion import space_timesteps
 from ..models import PRESETS
 from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, ImageToImagePipeline, InpaintPipeline, StageOptions
 from ..pipelines.text2im import Text2ImagePipeline, recommended_stage
@@ -81,16 +82,19 @@ class ServedModel:
 
     def settings(self, kind: str, *, sampler: str | None, steps: int | None, guidance_scale: float | None,
                  upsample: bool, upsample_steps: int | None, strength: float | None = None,
-                 inputs: str | None = None) -> Settings:
-        """A request's sampling settings: what it gives, the model's recommendation for the rest."""
+                 inputs: str | None = None, max_steps: int | None = None) -> Settings:
+        """A request's sampling settings: what it gives, the model's recommendation for the rest
+        (cut to ``max_steps`` when the recommendation has more)."""
         pipe = self.pipeline(kind)
         given = dict(sampler=sampler, timesteps=steps, guidance_scale=guidance_scale)
         base = dataclasses.replace(self.recommended(kind), **{k: v for k, v in given.items() if v is not None})
+        base = _at_most(base, pipe.base, max_steps)
         up: StageOptions | bool = False
         if upsample and pipe.upsampler is not None:
             up = recommended_stage(pipe.upsampler, DEFAULT_UPSAMPLE)
             if upsample_steps is not None:
                 up = dataclasses.replace(up, timesteps=upsample_steps)
+            up = _at_most(up, pipe.upsampler, max_steps)
         return Settings(kind, self.name, base, up, strength, inputs)
 
     def sample(self, settings: Settings, prompts: Sequence[str], generators: Sequence[torch.Generator],
@@ -104,6 +108,14 @@ class ServedModel:
         if settings.kind == "edit":
             return self.edit(prompts, inputs["image"], strength=settings.strength, **common).images
         return self.inpaint(prompts, inputs["image"], inputs["mask"], **common).images
+
+
+def _at_most(options: StageOptions, model, max_steps: int | None) -> StageOptions:
+    """``options`` with at most ``max_steps`` respaced steps (evenly spaced when cut)."""
+    if max_steps is None:
+        return options
+    steps = len(space_timesteps(model.config.diffusion_steps, options.respacing))
+    return options if steps <= max_steps else dataclasses.replace(options, timesteps=max_steps)
 
 
 class ModelRegistry:
