@@ -12,7 +12,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import secrets
 from collections.abc import Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -33,9 +32,9 @@ from .schemas import (
     InpaintRequest,
     ModelInfo,
     ModelsResponse,
-    SamplingRequest,
 )
-from .security import BodyLimit, RequestRefused, decode_image, fingerprint, key_matches, presented_key
+from .security import BodyLimit, RequestRefused, decode_image, key_matches, presented_key
+from .service import prepare_job
 from .worker import Cancelled, Job, QueueFull, SamplingWorker
 
 DISCONNECT_POLL_S = 0.1
@@ -79,31 +78,21 @@ def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: s
     @app.post("/v1/generate", response_model=ImagesResponse, **v1)
     async def generate(body: GenerateRequest, request: Request) -> ImagesResponse:
         """Images from a prompt."""
-        model = _checked(registry, limits, body, "generate")
-        settings = model.settings("generate", **_sampling(body, limits))
-        return await _sample(worker, request, model, body, settings, {})
+        return await _sample(worker, request, *prepare_job(registry, limits, "generate", body))
 
     @app.post("/v1/inpaint", response_model=ImagesResponse, **v1)
     async def inpaint(body: InpaintRequest, request: Request) -> ImagesResponse:
         """Repaint the white region of the mask from the prompt; the rest of the image is kept."""
-        model = _checked(registry, limits, body, "inpaint")
-        image = decode_image(body.image, "image", limits.max_image_size)
-        mask = decode_image(body.mask, "mask", limits.max_image_size)
-        if mask.size != image.size:
-            raise RequestRefused(422, f"mask is {mask.width}x{mask.height} px but image is "
-                                      f"{image.width}x{image.height}: give a mask of the image's size")
-        if not _paints_anything(mask):
-            raise RequestRefused(422, "mask marks nothing to repaint: paint the region to change white")
-        settings = model.settings("inpaint", **_sampling(body, limits), inputs=fingerprint(image, mask))
-        return await _sample(worker, request, model, body, settings, dict(image=image, mask=mask))
+        images = dict(image=decode_image(body.image, "image", limits.max_image_size),
+                      mask=decode_image(body.mask, "mask", limits.max_image_size))
+        return await _sample(worker, request, *prepare_job(registry, limits, "inpaint", body, images))
 
     @app.post("/v1/edit", response_model=ImagesResponse, **v1)
     async def edit(body: EditRequest, request: Request) -> ImagesResponse:
         """Redraw an image towards the prompt; ``strength`` says how much."""
-        model = _checked(registry, limits, body, "edit")
-        image = decode_image(body.image, "image", limits.max_image_size)
-        settings = model.settings("edit", **_sampling(body, limits), strength=body.strength, inputs=fingerprint(image))
-        return await _sample(worker, request, model, body, settings, dict(image=image))
+        images = dict(image=decode_image(body.image, "image", limits.max_image_size))
+        job = prepare_job(registry, limits, "edit", body, images, strength=body.strength)
+        return await _sample(worker, request, *job)
 
     @app.get("/v1/models", response_model=ModelsResponse, **v1)
     async def models() -> ModelsResponse:
@@ -145,33 +134,8 @@ def _readable_validation_error(request: Request, e: RequestValidationError) -> J
     return JSONResponse({"detail": "; ".join(lines), "errors": errors}, 422)
 
 
-def _checked(registry: ModelRegistry, limits: Limits, body: SamplingRequest, kind: str) -> ServedModel:
-    """The request's model, after this server's limits (a 422 naming the field and the limit)."""
-    for name, value, limit in (("num_images", body.num_images, limits.max_images),
-                               ("steps", body.steps, limits.max_steps),
-                               ("upsample_steps", body.upsample_steps, limits.max_steps)):
-        if value is not None and value > limit:
-            raise RequestRefused(422, f"{name}: {value} is over this server's limit of {limit}")
-    try:
-        return registry.get(body.model, kind)
-    except ValueError as e:
-        raise RequestRefused(422, f"model: {e}") from None
-
-
-def _sampling(body: SamplingRequest, limits: Limits) -> dict:
-    return dict(sampler=body.sampler, steps=body.steps, guidance_scale=body.guidance_scale, upsample=body.upsample,
-                upsample_steps=body.upsample_steps, max_steps=limits.max_steps)
-
-
-def _paints_anything(mask: Image.Image) -> bool:
-    return mask.convert("L").getextrema()[1] >= 128
-
-
-async def _sample(worker: SamplingWorker, request: Request, model: ServedModel, body: SamplingRequest,
-                  settings: Settings, inputs: dict) -> ImagesResponse | Response:
+async def _sample(worker: SamplingWorker, request: Request, model: ServedModel, job: Job) -> ImagesResponse | Response:
     """Queue the job and wait for it, cancelling it if the client disconnects first."""
-    seed = body.seed if body.seed is not None else secrets.randbits(63)
-    job = Job(settings, body.prompt, body.num_images, seed, inputs)
     try:
         done = asyncio.wrap_future(worker.submit(job))
     except QueueFull as e:
@@ -190,7 +154,7 @@ async def _sample(worker: SamplingWorker, request: Request, model: ServedModel, 
         raise RequestRefused(422, str(e)) from None
     except Exception:
         raise HTTPException(500, "sampling failed on the server (see its log)") from None
-    return ImagesResponse(images=[_png_base64(im) for im in images], seed=seed, model=model.name,
+    return ImagesResponse(images=[_png_base64(im) for im in images], seed=job.seed, model=model.name,
                           width=images[0].width, height=images[0].height)
 
 

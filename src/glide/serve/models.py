@@ -97,6 +97,14 @@ class ServedModel:
             up = _at_most(up, pipe.upsampler, max_steps)
         return Settings(kind, self.name, base, up, strength, inputs)
 
+    def stage_steps(self, settings: Settings) -> dict[str, int]:
+        """The steps each stage of a run samples ({"base": N, "upsample": M}), for progress bars."""
+        pipe = self.pipeline(settings.kind)
+        steps = {"base": _sampled_steps(pipe.base, settings.base, settings.strength or 1.0)}
+        if settings.upsample:
+            steps["upsample"] = _sampled_steps(pipe.upsampler, settings.upsample, settings.upsample.strength)
+        return steps
+
     def sample(self, settings: Settings, prompts: Sequence[str], generators: Sequence[torch.Generator],
                inputs: dict[str, Any], callback: Callable[[dict], None]) -> list[Image.Image]:
         """One sampling run: image i for ``prompts[i]`` from ``generators[i]``."""
@@ -110,12 +118,21 @@ class ServedModel:
         return self.inpaint(prompts, inputs["image"], inputs["mask"], **common).images
 
 
+def _respaced_steps(model, options: StageOptions) -> int:
+    return len(space_timesteps(model.config.diffusion_steps, options.respacing))
+
+
+def _sampled_steps(model, options: StageOptions, strength: float) -> int:
+    """Steps a stage runs when it starts ``strength`` of the way to noise (as ``noised_start``)."""
+    steps = _respaced_steps(model, options)
+    return steps if strength >= 1 else max(1, round(strength * steps))
+
+
 def _at_most(options: StageOptions, model, max_steps: int | None) -> StageOptions:
     """``options`` with at most ``max_steps`` respaced steps (evenly spaced when cut)."""
-    if max_steps is None:
+    if max_steps is None or _respaced_steps(model, options) <= max_steps:
         return options
-    steps = len(space_timesteps(model.config.diffusion_steps, options.respacing))
-    return options if steps <= max_steps else dataclasses.replace(options, timesteps=max_steps)
+    return dataclasses.replace(options, timesteps=max_steps)
 
 
 class ModelRegistry:

@@ -47,6 +47,7 @@ class Job:
     inputs: dict[str, Any] = field(default_factory=dict)
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_step: Callable[[dict], None] | None = None  # called on the worker thread after every step (progress)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -141,6 +142,9 @@ class SamplingWorker:
 
         def between_steps(info: dict) -> None:
             self.stats["steps"] += 1
+            for job in batch:
+                if job.on_step is not None:
+                    job.on_step(info)
             if self.stopping or all(job.cancelled.is_set() for job in batch):
                 raise Cancelled
 
