@@ -179,7 +179,7 @@ BAD_IMAGES = [
     (_inpaint(image="not base64!!"), 422, "image is not valid base64"),
     (_inpaint(image=_b64(b"hello, not an image")), 422, "image is not an image"),
     (_inpaint(mask=_b64(_png_bytes(shapes_image())[:60])), 422, "mask"),
-    (_inpaint(image=_b64(_png_bytes(Image.new("L", (5000, 5000))))), 413, "image is too large to decode"),
+    (_inpaint(image=_b64(_png_bytes(Image.new("L", (5000, 5000))))), 413, "image is 5000x5000 px"),
     (_inpaint(image=_b64(_png_bytes(Image.new("RGB", (300, 200))))), 413, "at most 256x256"),
     (_inpaint(mask=png_b64(square_mask(32))), 422, "mask is 32x32 px but image is 64x64"),
     (_inpaint(mask=png_b64(Image.new("L", (64, 64), 0))), 422, "nothing to repaint"),
@@ -311,3 +311,13 @@ def test_a_failing_sampling_run_is_a_500_and_the_server_goes_on(registry, client
     assert "simulated fault" not in response.text  # internals stay in the server's log
     monkeypatch.undo()
     assert client.post("/v1/generate", json=dict(prompt="a red circle", steps=2, upsample=False)).status_code == 200
+
+
+@pytest.mark.parametrize("side", [40, 50])  # over Pillow's warning limit (1000 px), over its error limit (2000)
+def test_pillows_decompression_bomb_guard_is_a_413(monkeypatch, side):
+    from glide.serve.security import RequestRefused, decode_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(RequestRefused, match="too large to decode") as refused:
+        decode_image(png_b64(Image.new("RGB", (side, side))), "image", max_size=4096)
+    assert refused.value.status == 413

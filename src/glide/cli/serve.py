@@ -69,11 +69,15 @@ def serve(host: str, port: int, models: tuple[str, ...], api_key: str | None, in
     except ImportError as e:
         raise click.ClickException(f"glide serve needs {e.name}, which is not installed: {INSTALL_HINT}") from None
 
+    from PIL import Image
+
     from ..devices import resolve_device
     from ..serve.api import create_app
     from ..serve.models import ModelRegistry
     from .prepare import set_threads
 
+    # Pillow's own decompression-bomb guard, process-wide (decode_image checks the size first anyway).
+    Image.MAX_IMAGE_PIXELS = limits.max_image_size**2
     torch_device = resolve_device(device)
     registry = ModelRegistry.load(models or ("bundled",), device=str(torch_device))
     set_threads(threads, [p for m in registry.models.values() for p in _modules(m)], torch_device)

@@ -49,7 +49,6 @@ ERROR_RESPONSES = {
 def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: str | None = None,
                cors_origins: Sequence[str] = (), batching: bool = True) -> FastAPI:
     """The API over ``registry``'s models; its sampling worker starts and stops with the app."""
-    Image.MAX_IMAGE_PIXELS = limits.max_image_size**2  # Pillow's own decompression-bomb guard, process-wide
     worker = SamplingWorker(_sample_with(registry), image_generator, queue_size=limits.queue_size,
                             max_batch=limits.max_batch, batching=batching)
 
