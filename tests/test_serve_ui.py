@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from .serving import running_server  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server():
-    app = create_app(ModelRegistry.load(["bundled"]), Limits(max_steps=5, max_images=4))
+    app = create_app(ModelRegistry.load(["bundled"]), Limits(max_steps=400, max_images=4))
     mount_ui(app)
     with running_server(app) as url:
         yield url
@@ -47,9 +48,8 @@ def page():
 def test_typing_a_prompt_and_generating_shows_images_in_the_gallery(server, page, tmp_path):
     page.goto(server + "/", wait_until="domcontentloaded")
     page.locator("#generate-prompt textarea").fill("a small red circle above a large blue square")
-    count = page.get_by_label("Number of images").first
-    count.fill("2")
-    count.press("Enter")
+    set_number(page, "Number of images", 2)
+    set_number(page, "Steps", 3)
     page.locator("#generate-button").click()
     images = page.locator("#generate-gallery img")
     images.nth(1).wait_for(timeout=60_000)
@@ -59,6 +59,22 @@ def test_typing_a_prompt_and_generating_shows_images_in_the_gallery(server, page
     assert page.locator("#generate-seed textarea, #generate-seed input").first.input_value().startswith("seed ")
     page.screenshot(path=str(tmp_path / "serve-ui.png"), full_page=True)
     assert (tmp_path / "serve-ui.png").stat().st_size > 10_000
+
+
+def test_stop_cancels_the_sampling(server, page):
+    page.goto(server + "/", wait_until="domcontentloaded")
+    page.locator("#generate-prompt textarea").fill("a large green star")
+    set_number(page, "Steps", 400)
+    before = page.request.get(server + "/healthz").json()
+    page.locator("#generate-button").click()
+    wait_for(lambda: page.request.get(server + "/healthz").json()["steps"] > before["steps"])  # sampling
+    page.locator("#generate-stop").click()
+    wait_for(lambda: page.request.get(server + "/healthz").json()["cancelled"] == before["cancelled"] + 1)
+    after = page.request.get(server + "/healthz").json()
+    assert after["steps"] - before["steps"] < 400
+    page.wait_for_timeout(500)
+    assert page.request.get(server + "/healthz").json()["steps"] == after["steps"]  # nothing samples any more
+    assert page.locator("#generate-gallery img").count() == 0
 
 
 def test_the_api_is_still_served_beside_the_ui(server, page):
@@ -72,3 +88,16 @@ def test_the_brush_layers_become_a_white_repaint_mask_at_the_image_size():
     mask = np.asarray(_brush_mask({"background": None, "layers": [layer]}, (64, 64)))
     assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 255}
     assert mask[:32, :32].all() and not mask[32:, :].any() and not mask[:, 32:].any()
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label).first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

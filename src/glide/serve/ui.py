@@ -6,6 +6,7 @@ worker as the API's, so UI users and API clients share batches and limits.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local server phones nobody
@@ -53,7 +54,9 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
         return [count, guidance, sampler, steps, seed, model]
 
     def run(kind: str, prompt: str, count, guidance, sampler, steps, seed, model, images: dict | None = None,
-            strength: float | None = None, progress=None) -> tuple[list[Image.Image], str]:
+            strength: float | None = None, progress=None) -> Iterator[tuple]:
+        """Queue the job, yield nothing new while it samples (so Gradio can stop it: Stop button,
+        closed tab), then yield (images, seed text). A stopped handler cancels its job."""
         try:
             request = SamplingRequest(prompt=prompt or "", num_images=int(count), guidance_scale=float(guidance),
                                       sampler=sampler, steps=int(steps), model=model,
@@ -69,32 +72,39 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
         total = sum(served.stage_steps(job.settings).values())
         done = {"steps": 0, "stage": "base"}
         job.on_step = lambda info: done.update(steps=done["steps"] + 1, stage=info.get("stage", ""))
-        while True:
-            try:
-                return future.result(timeout=PROGRESS_POLL_S), f"seed {job.seed}"
-            except FutureTimeout:
-                if progress is not None:
-                    progress(min(1.0, done["steps"] / total), desc=f"{done['stage']} stage")
-            except Cancelled:
-                raise gr.Error("cancelled: the server is shutting down") from None
-            except ValueError as e:
-                raise gr.Error(str(e)) from None
+        try:
+            while True:
+                try:
+                    images = future.result(timeout=PROGRESS_POLL_S)
+                except FutureTimeout:
+                    if progress is not None:
+                        progress(min(1.0, done["steps"] / total), desc=f"{done['stage']} stage")
+                    yield gr.skip(), gr.skip()
+                    continue
+                except Cancelled:
+                    raise gr.Error("cancelled") from None
+                except ValueError as e:
+                    raise gr.Error(str(e)) from None
+                yield images, f"seed {job.seed}"
+                return
+        finally:
+            job.cancel()  # a no-op once the job is done; stops its sampling when Gradio stopped us
 
     def generate(prompt, *settings, progress=gr.Progress()):
-        return run("generate", prompt, *settings, progress=progress)
+        yield from run("generate", prompt, *settings, progress=progress)
 
     def inpaint(prompt, painted, *settings, progress=gr.Progress()):
         if not painted or painted.get("background") is None:
             raise gr.Error("upload an image, then paint the region to repaint")
         image = painted["background"].convert("RGB")
-        return run("inpaint", prompt, *settings, images=dict(image=image, mask=_brush_mask(painted, image.size)),
-                   progress=progress)
+        yield from run("inpaint", prompt, *settings, images=dict(image=image, mask=_brush_mask(painted, image.size)),
+                       progress=progress)
 
     def edit(prompt, image, strength, *settings, progress=gr.Progress()):
         if image is None:
             raise gr.Error("upload an image to edit")
-        return run("edit", prompt, *settings, images=dict(image=image.convert("RGB")), strength=float(strength),
-                   progress=progress)
+        yield from run("edit", prompt, *settings, images=dict(image=image.convert("RGB")), strength=float(strength),
+                       progress=progress)
 
     with gr.Blocks(title="glide") as blocks:
         gr.Markdown(f"## glide: text-guided diffusion\nModels: {', '.join(registry.models)}. "
@@ -103,32 +113,33 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
             prompt = gr.Textbox(label="Prompt", placeholder="a small red circle above a large blue square",
                                 elem_id="generate-prompt")
             controls = sampling_controls()
-            button, outputs = action("Generate", "generate")
-            button.click(generate, [prompt, *controls], outputs)
+            action("Generate", "generate", generate, [prompt, *controls])
         with gr.Tab("Inpainting"):
             prompt = gr.Textbox(label="Prompt", placeholder="a green star", elem_id="inpaint-prompt")
             painted = gr.ImageMask(type="pil", label="Image: paint the region to repaint", image_mode="RGB",
                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
             controls = sampling_controls()
-            button, outputs = action("Inpaint", "inpaint")
-            button.click(inpaint, [prompt, painted, *controls], outputs)
+            action("Inpaint", "inpaint", inpaint, [prompt, painted, *controls])
         with gr.Tab("Image to image"):
             prompt = gr.Textbox(label="Prompt", placeholder="a large blue square", elem_id="edit-prompt")
             image = gr.Image(type="pil", label="Image")
             strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength (how much is redrawn)")
             controls = sampling_controls()
-            button, outputs = action("Edit", "edit")
-            button.click(edit, [prompt, image, strength, *controls], outputs)
+            action("Edit", "edit", edit, [prompt, image, strength, *controls])
     # Several UI requests may wait in the worker's queue at once, where equal settings share a run.
     return blocks.queue(max_size=limits.queue_size, default_concurrency_limit=limits.max_batch)
 
 
-def action(label: str, kind: str) -> tuple[gr.Button, list]:
-    """A tab's button and its outputs (gallery, seed used), with element ids ``KIND-button`` etc."""
-    button = gr.Button(label, variant="primary", elem_id=f"{kind}-button")
+def action(label: str, kind: str, handler, inputs: list) -> None:
+    """A tab's run and stop buttons and its outputs (gallery, seed used), wired to ``handler``;
+    element ids ``KIND-button``, ``KIND-stop``, ``KIND-gallery``, ``KIND-seed``."""
+    with gr.Row():
+        button = gr.Button(label, variant="primary", elem_id=f"{kind}-button", scale=4)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{kind}-stop", scale=1)
     gallery = gr.Gallery(label="Images", elem_id=f"{kind}-gallery", **GALLERY)
     seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id=f"{kind}-seed")
-    return button, [gallery, seed_used]
+    event = button.click(handler, inputs, [gallery, seed_used])
+    stop.click(None, None, None, cancels=[event])
 
 
 def _brush_mask(painted: dict, size: tuple[int, int]) -> Image.Image:
