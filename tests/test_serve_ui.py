@@ -4,6 +4,7 @@ gallery. Skips where gradio, playwright or a chromium binary is missing (fails u
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -61,6 +62,32 @@ def test_typing_a_prompt_and_generating_shows_images_in_the_gallery(server, page
     assert (tmp_path / "serve-ui.png").stat().st_size > 10_000
 
 
+def test_painting_a_mask_with_the_brush_and_inpainting_keeps_the_unpainted_part(server, page, tmp_path):
+    source = Image.new("RGB", (64, 64), "white")
+    source.paste((200, 0, 0), (8, 8, 30, 30))
+    source.save(tmp_path / "source.png")
+    page.goto(server + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Inpainting").click()
+    page.locator("#inpaint-prompt textarea").fill("a green star")
+    set_number(page, "Steps", 3)
+    page.locator("#inpaint-image input[type=file]").set_input_files(str(tmp_path / "source.png"))
+    page.wait_for_timeout(1000)
+    box = page.locator("#inpaint-image canvas").first.bounding_box()
+    centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the image is centred
+    page.mouse.move(centre_x + 20, centre_y + 20)
+    page.mouse.down()
+    for k in range(8):  # a zig-zag stroke over the image's bottom-right quarter
+        page.mouse.move(centre_x + 20 + 10 * k, centre_y + 20 + (30 if k % 2 else 0), steps=4)
+    page.mouse.up()
+    page.locator("#inpaint-button").click()
+    image = page.locator("#inpaint-gallery img").first
+    image.wait_for(timeout=60_000)  # a mask with nothing painted would be refused: no image
+    with Image.open(io.BytesIO(page.request.get(image.get_attribute("src")).body())) as out:
+        out = np.asarray(out.convert("RGB")).astype(int)
+    assert out.shape == (64, 64, 3)
+    assert np.abs(out[12:26, 12:26] - [200, 0, 0]).mean() < 20  # the red square, away from the stroke, is kept
+
+
 def test_stop_cancels_the_sampling(server, page):
     page.goto(server + "/", wait_until="domcontentloaded")
     page.locator("#generate-prompt textarea").fill("a large green star")
@@ -82,16 +109,18 @@ def test_the_api_is_still_served_beside_the_ui(server, page):
     assert response.status == 200 and response.json()["models"][0]["name"] == "bundled"
 
 
-def test_the_brush_layers_become_a_white_repaint_mask_at_the_image_size():
-    layer = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
-    layer.paste((255, 255, 255, 255), (0, 0, 16, 16))  # painted top-left quarter, drawn on a 32 px canvas
+@pytest.mark.parametrize("mode", ["RGBA", "RGB"])
+def test_the_brush_layers_become_a_white_repaint_mask_at_the_image_size(mode):
+    layer = Image.new(mode, (32, 32), 0)  # transparent (RGBA) or black (RGB): nothing painted
+    layer.paste((255,) * len(mode), (0, 0, 16, 16))  # painted top-left quarter, drawn on a 32 px canvas
     mask = np.asarray(_brush_mask({"background": None, "layers": [layer]}, (64, 64)))
     assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 255}
     assert mask[:32, :32].all() and not mask[32:, :].any() and not mask[:, 32:].any()
 
 
 def set_number(page, label: str, value: int) -> None:
-    box = page.get_by_label(label).first
+    """Type ``value`` into the visible number box labelled ``label`` (each tab has its own)."""
+    box = page.get_by_label(label).filter(visible=True).first
     box.fill(str(value))
     box.press("Enter")
 

@@ -53,25 +53,33 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
                 model = gr.Dropdown(list(registry.models), value=registry.default, label="Model")
         return [count, guidance, sampler, steps, seed, model]
 
-    def run(kind: str, prompt: str, count, guidance, sampler, steps, seed, model, images: dict | None = None,
-            strength: float | None = None, progress=None) -> Iterator[tuple]:
-        """Queue the job, yield nothing new while it samples (so Gradio can stop it: Stop button,
-        closed tab), then yield (images, seed text). A stopped handler cancels its job."""
+    running: dict[str, set] = {}  # browser session -> its jobs in the worker, for the Stop buttons
+
+    def stop(request: gr.Request) -> None:
+        for job in list(running.get(request.session_hash, ())):
+            job.cancel()
+
+    def run(kind: str, browser: gr.Request, prompt: str, count, guidance, sampler, steps, seed, model,
+            images: dict | None = None, strength: float | None = None, progress=None) -> Iterator[tuple]:
+        """Queue the job, yield nothing new while it samples, then yield (images, seed text). The
+        session's Stop button cancels the job, and so does Gradio closing the handler (closed tab)."""
         try:
-            request = SamplingRequest(prompt=prompt or "", num_images=int(count), guidance_scale=float(guidance),
-                                      sampler=sampler, steps=int(steps), model=model,
-                                      seed=None if seed is None or seed < 0 else int(seed))
+            sampling = SamplingRequest(prompt=prompt or "", num_images=int(count), guidance_scale=float(guidance),
+                                       sampler=sampler, steps=int(steps), model=model,
+                                       seed=None if seed is None or seed < 0 else int(seed))
         except ValidationError as e:
             raise gr.Error("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) \
                 from None
         try:
-            served, job = prepare_job(registry, limits, kind, request, images, strength=strength)
+            served, job = prepare_job(registry, limits, kind, sampling, images, strength=strength)
             future = worker.submit(job)
         except (RequestRefused, QueueFull) as e:
             raise gr.Error(str(e)) from None
         total = sum(served.stage_steps(job.settings).values())
         done = {"steps": 0, "stage": "base"}
         job.on_step = lambda info: done.update(steps=done["steps"] + 1, stage=info.get("stage", ""))
+        session = running.setdefault(browser.session_hash or "", set())
+        session.add(job)
         try:
             while True:
                 try:
@@ -82,29 +90,31 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
                     yield gr.skip(), gr.skip()
                     continue
                 except Cancelled:
-                    raise gr.Error("cancelled") from None
+                    yield [], "stopped"
+                    return
                 except ValueError as e:
                     raise gr.Error(str(e)) from None
                 yield images, f"seed {job.seed}"
                 return
         finally:
-            job.cancel()  # a no-op once the job is done; stops its sampling when Gradio stopped us
+            session.discard(job)
+            job.cancel()  # a no-op once the job is done
 
-    def generate(prompt, *settings, progress=gr.Progress()):
-        yield from run("generate", prompt, *settings, progress=progress)
+    def generate(request: gr.Request, prompt, *settings, progress=gr.Progress()):
+        yield from run("generate", request, prompt, *settings, progress=progress)
 
-    def inpaint(prompt, painted, *settings, progress=gr.Progress()):
+    def inpaint(request: gr.Request, prompt, painted, *settings, progress=gr.Progress()):
         if not painted or painted.get("background") is None:
             raise gr.Error("upload an image, then paint the region to repaint")
         image = painted["background"].convert("RGB")
-        yield from run("inpaint", prompt, *settings, images=dict(image=image, mask=_brush_mask(painted, image.size)),
-                       progress=progress)
+        mask = _brush_mask(painted, image.size)
+        yield from run("inpaint", request, prompt, *settings, images=dict(image=image, mask=mask), progress=progress)
 
-    def edit(prompt, image, strength, *settings, progress=gr.Progress()):
+    def edit(request: gr.Request, prompt, image, strength, *settings, progress=gr.Progress()):
         if image is None:
             raise gr.Error("upload an image to edit")
-        yield from run("edit", prompt, *settings, images=dict(image=image.convert("RGB")), strength=float(strength),
-                       progress=progress)
+        yield from run("edit", request, prompt, *settings, images=dict(image=image.convert("RGB")),
+                       strength=float(strength), progress=progress)
 
     with gr.Blocks(title="glide") as blocks:
         gr.Markdown(f"## glide: text-guided diffusion\nModels: {', '.join(registry.models)}. "
@@ -113,24 +123,25 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
             prompt = gr.Textbox(label="Prompt", placeholder="a small red circle above a large blue square",
                                 elem_id="generate-prompt")
             controls = sampling_controls()
-            action("Generate", "generate", generate, [prompt, *controls])
+            action("Generate", "generate", generate, stop, [prompt, *controls])
         with gr.Tab("Inpainting"):
             prompt = gr.Textbox(label="Prompt", placeholder="a green star", elem_id="inpaint-prompt")
-            painted = gr.ImageMask(type="pil", label="Image: paint the region to repaint", image_mode="RGB",
-                                   brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+            brush = gr.Brush(default_size=4, colors=["#ffffff"], color_mode="fixed")  # px of the image
+            painted = gr.ImageMask(type="pil", label="Image: paint the region to repaint", image_mode="RGBA",
+                                   brush=brush, elem_id="inpaint-image")
             controls = sampling_controls()
-            action("Inpaint", "inpaint", inpaint, [prompt, painted, *controls])
+            action("Inpaint", "inpaint", inpaint, stop, [prompt, painted, *controls])
         with gr.Tab("Image to image"):
             prompt = gr.Textbox(label="Prompt", placeholder="a large blue square", elem_id="edit-prompt")
             image = gr.Image(type="pil", label="Image")
             strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength (how much is redrawn)")
             controls = sampling_controls()
-            action("Edit", "edit", edit, [prompt, image, strength, *controls])
+            action("Edit", "edit", edit, stop, [prompt, image, strength, *controls])
     # Several UI requests may wait in the worker's queue at once, where equal settings share a run.
     return blocks.queue(max_size=limits.queue_size, default_concurrency_limit=limits.max_batch)
 
 
-def action(label: str, kind: str, handler, inputs: list) -> None:
+def action(label: str, kind: str, handler, stop_handler, inputs: list) -> None:
     """A tab's run and stop buttons and its outputs (gallery, seed used), wired to ``handler``;
     element ids ``KIND-button``, ``KIND-stop``, ``KIND-gallery``, ``KIND-seed``."""
     with gr.Row():
@@ -139,13 +150,14 @@ def action(label: str, kind: str, handler, inputs: list) -> None:
     gallery = gr.Gallery(label="Images", elem_id=f"{kind}-gallery", **GALLERY)
     seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id=f"{kind}-seed")
     event = button.click(handler, inputs, [gallery, seed_used])
-    stop.click(None, None, None, cancels=[event])
+    stop.click(stop_handler, None, None, cancels=[event])
 
 
 def _brush_mask(painted: dict, size: tuple[int, int]) -> Image.Image:
-    """White where any brush layer was painted (its alpha), black elsewhere, at the image's size."""
+    """White where any brush layer was painted, black elsewhere, at the image's size. A layer's
+    paint is its alpha (RGBA layers), or for layers without one, any non-black pixel."""
     mask = Image.new("L", size, 0)
     for layer in painted.get("layers") or []:
-        alpha = layer.convert("RGBA").getchannel("A").resize(size, Image.Resampling.NEAREST)
-        mask.paste(255, mask=alpha.point(lambda a: 255 if a > 0 else 0))
+        paint = layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
+        mask.paste(255, mask=paint.resize(size, Image.Resampling.NEAREST).point(lambda a: 255 if a > 0 else 0))
     return mask
