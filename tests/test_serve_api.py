@@ -122,8 +122,10 @@ def test_models_lists_the_loaded_models_and_limits(client):
 def test_openapi_schema_describes_the_endpoints(client):
     schema = client.get("/openapi.json").json()
     assert {"/v1/generate", "/v1/inpaint", "/v1/edit", "/v1/models", "/healthz"} <= set(schema["paths"])
-    fields = schema["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert fields["num_images"]["maximum"] >= 1 and "prompt" in fields
+    fields = schema["components"]["schemas"]["InpaintRequest"]["properties"]
+    assert fields["num_images"]["maximum"] == LIMITS.max_images  # this server's limits, not the hard ceilings
+    assert [v["maximum"] for v in fields["steps"]["anyOf"] if "maximum" in v] == [LIMITS.max_steps]
+    assert {"prompt", "image", "mask", "seed", "sampler"} <= set(fields)
 
 
 def test_sampler_names_match_the_library():

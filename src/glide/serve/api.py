@@ -66,6 +66,7 @@ def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: s
     app = FastAPI(title="glide", summary="GLIDE text-guided diffusion: generate, inpaint and edit images",
                   version="1", lifespan=lifespan)
     app.state.worker, app.state.registry, app.state.limits = worker, registry, limits
+    app.openapi = _with_limits(app.openapi, limits)
     app.add_exception_handler(RequestValidationError, _readable_validation_error)
     app.add_exception_handler(RequestRefused, lambda request, e: JSONResponse({"detail": str(e)}, e.status))
     if cors_origins:
@@ -114,6 +115,23 @@ def create_app(registry: ModelRegistry, limits: Limits = Limits(), *, api_key: s
         return Health(status="ok" if alive else "sampler stopped", queued=worker.queued, **worker.stats)
 
     return app
+
+
+def _with_limits(openapi, limits: Limits):
+    """``app.openapi`` whose request schemas carry this server's limits instead of the hard ceilings."""
+    maxima = dict(num_images=limits.max_images, steps=limits.max_steps, upsample_steps=limits.max_steps)
+
+    def schema() -> dict:
+        document = openapi()  # FastAPI builds it once and caches it
+        for model in ("GenerateRequest", "InpaintRequest", "EditRequest"):
+            fields = document["components"]["schemas"][model]["properties"]
+            for name, maximum in maxima.items():
+                for variant in fields[name].get("anyOf", [fields[name]]):
+                    if "maximum" in variant:
+                        variant["maximum"] = maximum
+        return document
+
+    return schema
 
 
 def _sample_with(registry: ModelRegistry):
