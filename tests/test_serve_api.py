@@ -323,3 +323,14 @@ def test_pillows_decompression_bomb_guard_is_a_413(monkeypatch, side):
     with pytest.raises(RequestRefused, match="too large to decode") as refused:
         decode_image(png_b64(Image.new("RGB", (side, side))), "image", max_size=4096)
     assert refused.value.status == 413
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "no-such-model"], "no checkpoint 'no-such-model'"),
+    (["--max-images", "0"], "--max-images"),
+    (["--port", "70000"], "--port"),
+])
+def test_serve_refuses_bad_options_before_listening(args, message):
+    result = run_cli("serve", "--no-ui", *args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output, result.output
