@@ -66,7 +66,13 @@ class BodyLimit:
                 refused = True
                 await self._refuse(send)
 
-        await self.app(scope, counted_receive, checked_send)
+        try:
+            await self.app(scope, counted_receive, checked_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not refused:  # the app failed or answered nothing on the cut-off body
+            await self._refuse(send)
 
     async def _refuse(self, send) -> None:
         body = json.dumps({"detail": f"the request body is larger than this server's limit of "
