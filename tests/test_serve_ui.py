@@ -130,3 +130,17 @@ def wait_for(condition, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_with_an_api_key_the_ui_asks_for_it():
+    httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install 'glide[test]')")
+    key = "ui-key-123"
+    app = create_app(ModelRegistry.load(["bundled"]), Limits(), api_key=key)
+    mount_ui(app, api_key=key)
+    with running_server(app) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/config").status_code == 401  # the UI's state and its queue API are closed
+        assert client.post("/login", data=dict(username="me", password="wrong")).status_code != 200
+        assert client.get("/config").status_code == 401
+        assert client.post("/login", data=dict(username="me", password=key)).status_code == 200
+        assert client.get("/config").status_code == 200  # the login cookie opens the UI
+        assert client.get("/v1/models").status_code == 401  # but not the API, which wants the key itself

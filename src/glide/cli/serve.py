@@ -39,7 +39,7 @@ def _limit(name: str, default: int, text: str, high: int):
 @click.option("--batching/--no-batching", default=True, show_default=True,
               help="Sample queued requests with equal settings together.")
 @click.option("--ui/--no-ui", default=True, show_default=True,
-              help="Mount the Gradio web UI at / (when gradio is installed and no --api-key is set).")
+              help="Mount the Gradio web UI at / (when gradio is installed; with --api-key it asks for the key).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available, else cpu), cpu, cuda:N.")
 @click.option("--threads", type=Threads(), default="auto", show_default=True, metavar="N|auto",
               help="CPU threads for torch (auto: 1 for small models on the CPU).")
@@ -94,12 +94,9 @@ def _modules(model) -> list:
 
 
 def _mount_ui(app, api_key: str | None) -> None:
-    if api_key is not None:
-        log("the web UI is not mounted when an API key is set (it would bypass the key); the API is on /v1")
-        return
     try:
         from ..serve.ui import mount_ui
     except ImportError as e:
         log(f"no web UI: {e.name} is not installed ({INSTALL_HINT}); the API is on /v1")
         return
-    mount_ui(app)
+    mount_ui(app, api_key=api_key)

@@ -18,7 +18,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from ..sampling import SAMPLERS  # noqa: E402
 from .schemas import SamplingRequest  # noqa: E402
-from .security import RequestRefused  # noqa: E402
+from .security import RequestRefused, key_matches  # noqa: E402
 from .service import prepare_job  # noqa: E402
 from .worker import Cancelled, QueueFull, SamplingWorker  # noqa: E402
 
@@ -28,11 +28,14 @@ GALLERY = dict(columns=4, format="png", height=280, object_fit="contain", previe
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def mount_ui(app: FastAPI, path: str = "/") -> FastAPI:
-    """Mount the UI at ``path`` of an app made by ``glide.serve.api.create_app`` (its routes keep priority)."""
+def mount_ui(app: FastAPI, path: str = "/", api_key: str | None = None) -> FastAPI:
+    """Mount the UI at ``path`` of an app made by ``glide.serve.api.create_app`` (its routes keep
+    priority). With ``api_key`` the UI asks for it on a login page (any user name)."""
     blocks = build_ui(app.state.worker, app.state.registry, app.state.limits)
+    auth = None if api_key is None else (lambda _user, password: key_matches(password, api_key))
     return gr.mount_gradio_app(app, blocks, path=path, ssr_mode=False, theme=THEME, footer_links=[],
-                               max_file_size=app.state.limits.max_body_bytes)
+                               max_file_size=app.state.limits.max_body_bytes, auth=auth,
+                               auth_message="Log in with this server's API key as the password (any user name).")
 
 
 def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
