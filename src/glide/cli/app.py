@@ -14,6 +14,7 @@ from .common import CONTEXT_SETTINGS
 from .evaluate import evaluate
 from .generate import edit, inpaint, sample
 from .manage import convert, download, models
+from .serve import serve
 from .train import train
 
 
@@ -42,7 +43,7 @@ def cli() -> None:
     """
 
 
-for command in (sample, inpaint, edit, download, convert, models, train, evaluate):
+for command in (sample, inpaint, edit, download, convert, models, train, evaluate, serve):
     cli.add_command(command)
 
 
