@@ -108,6 +108,7 @@ def test_every_experiment_end_to_end_then_resumed_from_the_cache(models, tmp_pat
     inpaint = {r["method"]: r for r in json.loads((tmp_path / "inpainting.json").read_text())}
     assert inpaint["inpaint model + pasting"]["unmasked_change_max"] < 0.005  # the known region is kept
     assert inpaint["base + pasting"]["unmasked_change_max"] < 0.005
+    assert all(0 <= r["object_filled"] <= 1 for r in inpaint.values())
     up = {r["method"]: r for r in json.loads((tmp_path / "upsampler.json").read_text())}
     assert up["bicubic"]["psnr_db"] > 15 and up["truth"]["psnr_db"] is None
     for name in ("guidance.png", "samplers.png", "grids/inpainting.png", "grids/upsampler.png",

@@ -356,15 +356,23 @@ def run_inpainting(ctx: Context) -> dict[str, Any]:
             len(captions), ctx.batch_size, ctx.seed, run, key, ctx.progress))
         scenes_found, _ = judge_images(ctx.models.judge, images)
         matched = [s["caption"] for s in score_captions(captions, scenes_found)]
+        filled = [any(_same_object(o, scene[0]) for o in found) for found, scene in zip(scenes_found, scenes,
+                                                                                       strict=True)]
         change = ((images - sources).abs() * keeps).flatten(1).sum(1) / keeps.flatten(1).sum(1) / 2  # [0, 1] units
         rows.append({"method": name, "images": len(images), "caption_match": sum(matched) / len(matched),
                      "caption_match_ci95": bootstrap_ci(matched, seed=ctx.seed),
+                     "object_filled": sum(filled) / len(filled),
+                     "object_filled_ci95": bootstrap_ci(filled, seed=ctx.seed),
                      "unmasked_change_mean": float(change.mean()), "unmasked_change_max": float(change.max()),
                      "seconds_per_image": seconds / len(images)})
         grids.append(images[:8])
     _write_rows(ctx.out, "inpainting", rows)
     _save_rows_grid(grids, ctx.out / "grids" / "inpainting.png")
     return {"rows": rows}
+
+
+def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in ("shape", "colour", "size"))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
