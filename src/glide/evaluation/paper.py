@@ -54,7 +54,7 @@ PAPER_BASE = StageOptions(sampler="ddpm", timesteps=25, guidance_scale=3.0)
 CFG_SCALES = (2.0, 3.0, 5.0)
 CLIP_SCALES = (1.0, 3.0, 10.0, 30.0)
 CLASSIFIER_SCALES = (0.3, 1.0, 3.0)
-SAMPLER_STEPS = {"ddpm": (25,), "ddim": (10, 25), "plms": (10, 25), "dpm++2m": (5, 10, 20)}
+SAMPLER_STEPS = {"ddpm": (5, 10, 25, 50), "ddim": (10, 25), "plms": (10, 25), "dpm++2m": (5, 10, 20)}
 REFERENCE_STEPS = 250  # DDPM with this many steps: the samplers' reference quality
 UNGUIDED = "unguided"
 
