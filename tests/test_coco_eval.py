@@ -91,6 +91,7 @@ def test_the_protocol_end_to_end_then_resumed(coco, tmp_path, tiny_inception):
     assert (out / "fid.png").stat().st_size > 1000 and "scale 3: FID" in result.output
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.parent.name.startswith(("samples", "ref"))}
+    assert len(stamps) == 3 * 12  # references and both scales' samples
     again = run_cli(*args)
     assert again.exit_code == 0, again.output
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing sampled or resized again

@@ -156,7 +156,7 @@ def _plot(make) -> None:
 
 
 @evaluate.command("paper", context_settings=CONTEXT_SETTINGS)
-@click.option("--out", "-o", default="docs/results/paper", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", default="paper-results", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the tables (JSON, CSV, tables.md), plots, grids and the sample cache.")
 @click.option("--only", "experiments", default="guidance,samplers,inpainting,upsampler", show_default=True,
               metavar="LIST", help="Experiments to run (comma-separated).")
