@@ -44,7 +44,7 @@ from ..pipelines.text2im import DEFAULT_UPSAMPLE, StageOptions, recommended_stag
 from .judge import judge_images, score_captions
 from .metrics import bootstrap_ci
 from .report import caption_set, evaluate_images, flat_summary, reference_renders, save_grid, write_csv, write_json
-from .sweep import image_generators
+from .sweep import sample_batched
 
 EXPERIMENTS = ("guidance", "samplers", "inpainting", "upsampler")
 # The experiments' base sampling: DDPM (as the official CLIP guidance; the gradient guidances'
@@ -149,18 +149,6 @@ class SampleCache:
 # --------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------
-def sample_batched(count: int, batch_size: int, seed: int, run: Callable[[slice, list[torch.Generator]], torch.Tensor],
-                   desc: str, progress: bool) -> torch.Tensor:
-    """``run(rows, generators)`` over batches of ``count`` images, one seeded generator per image."""
-    chunks = []
-    with tqdm(total=count, desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, count, batch_size):
-            rows = slice(start, min(count, start + batch_size))
-            chunks.append(run(rows, image_generators(seed, start, rows.stop - start)).float().cpu())
-            bar.update(rows.stop - start)
-    return torch.cat(chunks)
-
-
 def sample_setting(models: Models, setting: Setting, captions: Sequence[str], *, seed: int, batch_size: int,
                    progress: bool) -> torch.Tensor:
     """The base stage's images for ``captions`` under ``setting`` (32 px, no upsampling)."""
@@ -219,11 +207,19 @@ class Context:
     batch_size: int
     progress: bool
     base: StageOptions
+    _heldout: dict = dataclasses.field(default_factory=dict)
+
+    def heldout(self, objects: int) -> tuple[list[str], list, torch.Tensor]:
+        """(captions, scenes, their real renders at the base's size) of the held-out set, made once."""
+        if objects not in self._heldout:
+            captions, scenes = caption_set(f"heldout:{objects}:{self.count}", self.seed)
+            renders = reference_renders(captions, self.models.base.config.image_size, self.seed, scenes)
+            self._heldout[objects] = captions, scenes, renders
+        return self._heldout[objects]
 
 
 def _evaluate_settings(ctx: Context, settings: Sequence[Setting], objects: int, desc: str) -> list[dict[str, Any]]:
-    captions, scenes = caption_set(f"heldout:{objects}:{ctx.count}", ctx.seed)
-    reference = reference_renders(captions, ctx.models.base.config.image_size, ctx.seed, scenes)
+    captions, _, reference = ctx.heldout(objects)
     rows = []
     for setting in tqdm(settings, desc=desc, disable=not ctx.progress):
         images, seconds = ctx.cache.get(setting.key, lambda s=setting: sample_setting(
@@ -239,10 +235,8 @@ def _evaluate_settings(ctx: Context, settings: Sequence[Setting], objects: int, 
 
 def real_floor(ctx: Context, objects: int) -> dict[str, Any]:
     """The FID (and the rest) of a second, independent set of real renders: what a perfect model gets."""
-    captions, scenes = caption_set(f"heldout:{objects}:{ctx.count}", ctx.seed)
-    size = ctx.models.base.config.image_size
-    reference = reference_renders(captions, size, ctx.seed, scenes)
-    second = reference_renders(captions, size, ctx.seed + 1)
+    captions, _, reference = ctx.heldout(objects)
+    second = reference_renders(captions, ctx.models.base.config.image_size, ctx.seed + 1)
     return flat_summary(evaluate_images(second, captions, ctx.models.judge, reference=reference,
                                         seed=ctx.seed).summary)
 
@@ -289,7 +283,7 @@ def run_guidance(ctx: Context, settings: Sequence[Setting]) -> dict[str, Any]:
     _try_plot(lambda: plot_curves(rows, ctx.out / "guidance.png", floor))
     config = ctx.models.base.config
     diffusion = GaussianDiffusion.from_schedule(config.noise_schedule, config.diffusion_steps)
-    captions, scenes = caption_set(f"heldout:1:{ctx.count}", ctx.seed)
+    captions = ctx.heldout(1)[0]
     renders = reference_renders(captions, ctx.models.clip.config.image_size, ctx.seed + 2)  # fresh layouts
     clips = {"clip-noised": ctx.models.clip, "clip-clean": ctx.models.clean_clip}
     retrieval = [{"clip": name, **clip_retrieval(clip, diffusion, renders, captions, seed=ctx.seed)}
@@ -335,10 +329,8 @@ INPAINT_METHODS = {  # name -> (model attribute, gives the model the image and m
 
 
 def run_inpainting(ctx: Context) -> dict[str, Any]:
-    captions, scenes = caption_set(f"heldout:2:{ctx.count}", ctx.seed)
-    size = ctx.models.base.config.image_size
-    sources, keeps = inpainting_inputs(scenes, size)
-    targets = reference_renders(captions, size, ctx.seed, scenes)
+    captions, scenes, targets = ctx.heldout(2)
+    sources, keeps = inpainting_inputs(scenes, ctx.models.base.config.image_size)
     rows, grids = [], [sources[:8], (keeps[:8] * 2 - 1).expand(-1, 3, -1, -1), targets[:8]]
     for name, (attribute, conditioned, paste) in INPAINT_METHODS.items():
         model = getattr(ctx.models, attribute)
@@ -386,7 +378,7 @@ def run_upsampler(ctx: Context) -> dict[str, Any]:
 
     upsampler = ctx.models.upsampler
     high, low = upsampler.config.image_size, ctx.models.base.config.image_size
-    captions, scenes = caption_set(f"heldout:1:{ctx.count}", ctx.seed)
+    captions, scenes, _ = ctx.heldout(1)
     truth = reference_renders(captions, high, ctx.seed, scenes)
     low_res = make_low_res(truth, low)
     options = recommended_stage(upsampler, DEFAULT_UPSAMPLE)

@@ -20,22 +20,30 @@ def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]
     return [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(count)]
 
 
+def sample_batched(count: int, batch_size: int, seed: int, run, desc: str = "sampling",
+                   progress: bool = True) -> torch.Tensor:
+    """``run(rows, generators) -> images`` over batches of ``count`` images (``rows`` a slice), image
+    j drawing its noise from its own generator (seed, j): the images do not depend on ``batch_size``."""
+    chunks = []
+    with tqdm(total=count, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, count, batch_size):
+            rows = slice(start, min(count, start + batch_size))
+            chunks.append(run(rows, image_generators(seed, start, rows.stop - start)).float().cpu())
+            bar.update(rows.stop - start)
+    return torch.cat(chunks)
+
+
 def sample_captions(pipeline, captions: Sequence[str], options, *, seed: int = 0, batch_size: int = 50,
                     cond_fns: Sequence = (), progress: bool = True, desc: str = "sampling") -> torch.Tensor:
-    """One image per caption ``[N, 3, H, W]`` in [-1, 1]; image j draws its noise from its own
-    generator (seed, j), so the images do not depend on ``batch_size``. ``cond_fns``: gradient
-    guidances of the base stage (``glide.guidance``), bound to each batch's captions."""
-    chunks = []
-    bar = tqdm(total=len(captions), desc=desc, unit="img", disable=not progress, leave=False)
-    for start in range(0, len(captions), batch_size):
-        prompts = list(captions[start:start + batch_size])
-        generators = image_generators(seed, start, len(prompts))
-        out = pipeline(prompts, base=options, upsample=None if pipeline.upsampler is not None else False,
-                       cond_fns=cond_fns, generator=generators, progress=False)
-        chunks.append(out.samples.float().cpu())
-        bar.update(len(prompts))
-    bar.close()
-    return torch.cat(chunks)
+    """One image per caption ``[N, 3, H, W]`` in [-1, 1] (see ``sample_batched``). ``cond_fns``:
+    gradient guidances of the base stage (``glide.guidance``), bound to each batch's captions."""
+
+    def run(rows: slice, generators: list[torch.Generator]) -> torch.Tensor:
+        out = pipeline(list(captions[rows]), base=options, cond_fns=cond_fns, generator=generators, progress=False,
+                       upsample=None if pipeline.upsampler is not None else False)
+        return out.samples
+
+    return sample_batched(len(captions), batch_size, seed, run, desc, progress)
 
 
 def run_sweep(pipeline, captions: Sequence[str], scenes, scales: Sequence[float], options, judge: nn.Module, *,
