@@ -33,6 +33,50 @@ def test_respacing_accepts_lists():
     assert len(space_timesteps(1000, "fast27")) == 27
 
 
+def _log_sigma(schedule: str, steps) -> np.ndarray:
+    abar = np.cumprod(1 - get_named_beta_schedule(schedule, 1000))[sorted(steps, reverse=True)]
+    return 0.5 * (np.log1p(-abar) - np.log(abar))
+
+
+def test_trailing_spacing_starts_at_the_noisiest_step():
+    assert sorted(space_timesteps(1000, "trailing10"), reverse=True) == list(range(999, 0, -100))
+    assert space_timesteps(10, "trailing10") == set(range(10))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("count", [1, 2, 5, 10, 25, 1000])
+@pytest.mark.parametrize("kind", ["trailing", "logsnr", "karras"])
+def test_noise_spacings_take_exactly_the_steps_asked(kind, count, schedule):
+    kept = space_timesteps(1000, f"{kind}{count}", schedule)
+    assert len(kept) == count and min(kept) >= 0 and max(kept) <= 999
+    if kind != "trailing" and count > 1:
+        assert 0 in kept
+
+
+@pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
+def test_logsnr_spacing_is_even_in_log_snr_from_sigma_max(schedule):
+    log_sigma = _log_sigma(schedule, space_timesteps(1000, "logsnr10", schedule))
+    # starts where sigma = 80 (not at the cosine schedule's sigma ~ 2e4), ends at the cleanest step
+    assert abs(math.exp(log_sigma[0]) - 80) < 8
+    gaps = -np.diff(log_sigma)
+    assert (gaps > 0).all() and gaps.max() / gaps.min() < 1.5, gaps  # even, up to integer steps
+
+
+def test_karras_spacing_packs_steps_towards_the_clean_end():
+    sigma = np.exp(_log_sigma("linear", space_timesteps(1000, "karras10", "linear")))
+    assert abs(sigma[0] - 80) < 8
+    gaps = np.diff(sigma ** (1 / 7))  # even in sigma^(1/rho)
+    assert (gaps < 0).all() and gaps.min() / gaps.max() < 1.2, gaps
+    # the schedule decides where: the same count lands on other steps for the cosine schedule
+    assert space_timesteps(1000, "karras10", "linear") != space_timesteps(1000, "karras10")
+
+
+def test_from_schedule_uses_its_schedule_for_noise_spacings():
+    for schedule in ("linear", "squaredcos_cap_v2"):
+        diffusion = GaussianDiffusion.from_schedule(schedule, 1000, "logsnr8")
+        assert diffusion.timestep_map.tolist() == sorted(space_timesteps(1000, "logsnr8", schedule))
+
+
 @pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
 def test_beta_schedules_match_reference_exactly(schedule):
     betas = get_named_beta_schedule(schedule, 1000)
@@ -96,6 +140,10 @@ def test_unknown_schedule_lists_valid_names():
         ("10,,3", "invalid respacing"),
         ("0", ">= 1"),
         ("300,300,300,300", "cannot take 300 steps"),
+        ("logsnr1001", "cannot take 1001 steps"),
+        ("karras0", "cannot take 0 steps"),
+        ("trailing5,5", "one count"),
+        ("logsnrx", "invalid respacing"),
     ],
 )
 def test_bad_respacing_raises(spec, message):
@@ -341,3 +389,13 @@ def test_training_losses_with_model_fn():
 def test_normal_kl_zero_for_equal_gaussians():
     m, lv = torch.randn(5), torch.randn(5)
     assert normal_kl(m, lv, m, lv).abs().max() < 1e-6
+
+
+def test_one_step_process_from_nearly_clean_data_stays_finite():
+    """An image-to-image start one step from clean (e.g. --upsample-steps 4 at strength 0.3) is a
+    one-step process at t = 0; its learned-range variance must not take log(0)."""
+    full = GaussianDiffusion.from_schedule("linear", 1000, "4")
+    one = GaussianDiffusion(full.betas[:1], full.timestep_map[:1].tolist())
+    x = torch.randn(1, 3, 4, 4)
+    out = one.p_mean_variance(torch.cat([torch.zeros_like(x), torch.zeros_like(x)], 1), x, 0)
+    assert all(torch.isfinite(v).all() for v in out.values() if isinstance(v, torch.Tensor))

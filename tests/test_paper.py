@@ -50,6 +50,11 @@ def test_sample_cache_makes_once_and_stores_what_a_png_would_hold(tmp_path):
     assert first.min() == -1 and first.max() == 1  # clamped, quantised to 8 bits
     assert torch.allclose(first, make().clamp(-1, 1), atol=1 / 127.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.safetensors"]  # no partial file left
+    # a run with another --count remakes the set instead of judging 2 images against 3 captions
+    made = len(calls)
+    assert cache.get("k", make, count=2)[0].shape[0] == 2 and len(calls) == made
+    assert cache.get("k", lambda: make()[:1].expand(3, -1, -1, -1), count=3)[0].shape[0] == 3
+    assert cache.get("k", make, count=3)[0].shape[0] == 3 and len(calls) == made + 1
 
 
 def test_curves_that_sample_the_same_thing_share_a_key():

@@ -144,7 +144,8 @@ def test_bad_number_lists_are_refused(flag, value, expected):
 
 
 @pytest.mark.parametrize("name, value, expected", [
-    ("sample_sampler", "euler", "--sample-sampler: unknown sampler 'euler'; valid names: ddpm, ddim, plms, dpm++2m"),
+    ("sample_sampler", "euler",
+     "--sample-sampler: unknown sampler 'euler'; valid names: ddpm, ddim, plms, dpm++2m, dpm++3m, dpm++2m-sde"),
     ("sample_sampler", "", "--sample-sampler: unknown sampler ''"),
     ("sample_guidance", float("nan"), "--sample-guidance must be a finite number >= 0, got nan"),
     ("sample_guidance", -0.5, "--sample-guidance must be a finite number >= 0, got -0.5"),

@@ -96,6 +96,28 @@ class Number(click.ParamType):
 
 
 
+class Steps(Number):
+    """``--steps``: a step count N (evenly spaced, the noisiest step included) or a respacing that
+    also says where the steps go: ``logsnrN``, ``karrasN``, ``trailingN``, ``ddimN``, ``fast27``."""
+
+    name = "steps"
+
+    def __init__(self):
+        super().__init__(integer=True, low=1)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or str(value).strip().lstrip("+-").isdigit():
+            return super().convert(value, param, ctx)
+        from ..diffusion import space_timesteps
+
+        flag = param.opts[0] if param else "--steps"
+        try:
+            space_timesteps(1000, str(value))  # the count and validity do not depend on the schedule
+        except ValueError as e:
+            raise click.UsageError(f"{flag}: {e}", ctx) from None
+        return str(value).strip()
+
+
 SMALL_MODEL_PARAMS = 20_000_000  # below this, --threads auto uses one thread on the CPU
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .common import SMALL_MODEL_PARAMS, Number, Threads
+from .common import SMALL_MODEL_PARAMS, Number, Steps, Threads
 
 OPENAI = "openai"  # the official pair of the command (glide.checkpoints.specs.OPENAI)
 BUNDLED = "bundled"  # the bundled shapes cascade (glide.checkpoints.specs.BUNDLED)
@@ -102,12 +102,15 @@ def sampling_options(fn: Callable) -> Callable:
                           "else DPM-Solver++ 20 + 5 steps. notebook: the official notebook's "
                           "100 DDPM steps + fast27 upsampling."),
         click.option("--sampler", callback=check_sampler, metavar="NAME",
-                     help="Base-stage sampler: ddpm, ddim, plms, dpm++2m (default: from --recipe)."),
-        click.option("--steps", type=Number(integer=True, low=1), help="Base-stage steps (default: from --recipe)."),
+                     help="Base-stage sampler: ddpm, ddim, plms, dpm++2m, dpm++3m, dpm++2m-sde "
+                          "(default: from --recipe)."),
+        click.option("--steps", type=Steps(), metavar="N|SPACING",
+                     help="Base-stage steps (default: from --recipe): N evenly spaced, or a spacing by noise "
+                          "level: logsnrN, karrasN, trailingN (also ddimN, fast27)."),
         click.option("--upsample-sampler", callback=check_sampler, metavar="NAME",
                      help="Upsampler sampler (default: from --recipe)."),
-        click.option("--upsample-steps", type=Number(integer=True, low=1),
-                     help="Upsampler steps (default: from --recipe)."),
+        click.option("--upsample-steps", type=Steps(), metavar="N|SPACING",
+                     help="Upsampler steps, as --steps (default: from --recipe)."),
         click.option("--guidance-scale", "-g", type=Number(low=0), metavar="SCALE",
                      help="Classifier-free guidance scale, >= 0; 1 = off (default 3)."),
         click.option("--upsample-temp", type=Number(low=0), default=0.997, show_default=True,

@@ -85,11 +85,12 @@ class GaussianDiffusion:
         self.log_betas = np.log(betas)
 
         # Posterior q(x_{t-1} | x_t, x_0). Its variance is 0 at t = 0, so the log is clipped by
-        # reusing the t = 1 value there.
+        # reusing the t = 1 value there; a one-step process (an image-to-image start one step from
+        # clean) has no t = 1 and uses beta_0: its only step adds no noise, but log(0) would turn
+        # the learned-range variance into NaN.
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        first = self.posterior_variance[1] if self.num_timesteps > 1 else self.posterior_variance[0]
-        with np.errstate(divide="ignore"):
-            self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
+        first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         self._device_tables: dict[tuple[str, torch.device], Tensor] = {}
@@ -104,7 +105,7 @@ class GaussianDiffusion:
         step), which changes the full-length betas only in the last bits.
         """
         base = get_named_beta_schedule(schedule, steps)
-        kept = space_timesteps(steps, respacing) if respacing else set(range(steps))
+        kept = space_timesteps(steps, respacing, schedule) if respacing else set(range(steps))
         betas, timestep_map = respace_betas(base, kept)
         return cls(betas, timestep_map)
 

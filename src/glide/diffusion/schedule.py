@@ -40,13 +40,62 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
     raise ValueError(f"unknown beta schedule {name!r}; valid names: {', '.join(SCHEDULES)}")
 
 
+# Spacings chosen by noise level rather than by t: the name prefixes a step count ("logsnr10").
+# trailing: Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"),
+#   t = round(T - k T / N) - 1: always starts at the noisiest step, never visits t = 0.
+# logsnr: evenly spaced in log-SNR lambda = log(alpha / sigma) between the ends of the schedule
+#   (DPM-Solver's recommendation for pixel-space models).
+# karras: sigma = sqrt(1 - abar) / sqrt(abar) spaced as in Karras et al. 2022 (EDM) with rho = 7,
+#   which packs steps towards the clean end.
+# logsnr and karras start where sigma <= SIGMA_MAX (EDM's sigma_max) rather than at the last step:
+# there x_t holds under 1.3% signal, so a draw of N(0, I) serves as x_t, while the cosine schedule's
+# last steps (sigma up to 2e4) would take several of the steps and make the first x_0 estimate,
+# x_0 = (x_t - sigma eps) / alpha, amplify the model's error in eps by up to 2e4.
+NOISE_SPACINGS = ("trailing", "logsnr", "karras")
+KARRAS_RHO = 7.0
+SIGMA_MAX = 80.0
+
+
 def _parse_counts(spec: str) -> list[int]:
     try:
         return [int(part) for part in spec.split(",")]
     except ValueError:
         raise ValueError(
-            f"invalid respacing {spec!r}: expected 'N', 'ddimN', 'fast27' or a comma list like '10,10,3'"
+            f"invalid respacing {spec!r}: expected 'N', 'ddimN', 'trailingN', 'logsnrN', 'karrasN', 'fast27' "
+            "or a comma list like '10,10,3'"
         ) from None
+
+
+def _distinct_descending(targets: Sequence[int], num_steps: int) -> set[int]:
+    """``targets`` (noisiest first) made strictly decreasing within 0..num_steps-1, each moved as
+    little as needed: rounding a dense end of a spacing to integer steps can repeat a step."""
+    kept = [min(int(t), num_steps - 1) for t in targets]
+    for k in range(1, len(kept)):
+        kept[k] = min(kept[k], kept[k - 1] - 1)
+    kept[-1] = max(kept[-1], 0)
+    for k in range(len(kept) - 2, -1, -1):
+        kept[k] = max(kept[k], kept[k + 1] + 1)
+    return set(kept)
+
+
+def _noise_spacing(kind: str, num_steps: int, count: int, schedule: str) -> set[int]:
+    """``count`` steps of a ``num_steps``-step ``schedule`` spaced by noise level (NOISE_SPACINGS)."""
+    if not 1 <= count <= num_steps:
+        raise ValueError(f"cannot take {count} steps of a {num_steps}-step process ({kind}{count})")
+    if kind == "trailing":
+        return _distinct_descending(np.round(np.arange(num_steps, 0, -num_steps / count)) - 1, num_steps)
+    abar = np.cumprod(1.0 - get_named_beta_schedule(schedule, num_steps))
+    log_sigma = 0.5 * (np.log1p(-abar) - np.log(abar))  # -lambda: increasing in t
+    top = min(log_sigma[-1], math.log(SIGMA_MAX))
+    if count == 1:
+        targets = np.array([top])
+    elif kind == "logsnr":
+        targets = np.linspace(top, log_sigma[0], count)
+    else:
+        lo, hi = np.exp(log_sigma[0]) ** (1 / KARRAS_RHO), math.exp(top) ** (1 / KARRAS_RHO)
+        targets = KARRAS_RHO * np.log(np.linspace(hi, lo, count))
+    nearest = np.abs(log_sigma[None, :] - targets[:, None]).argmin(axis=1)
+    return _distinct_descending(nearest, num_steps)
 
 
 def _ddim_steps(num_steps: int, count: int) -> set[int]:
@@ -57,7 +106,9 @@ def _ddim_steps(num_steps: int, count: int) -> set[int]:
     raise ValueError(f"cannot take exactly {count} steps of {num_steps} with an integer stride (ddim{count})")
 
 
-def space_timesteps(num_steps: int, section_counts: str | Sequence[int]) -> set[int]:
+def space_timesteps(
+    num_steps: int, section_counts: str | Sequence[int], schedule: str = "squaredcos_cap_v2"
+) -> set[int]:
     """Which original steps to keep when sampling with fewer steps.
 
     ``section_counts`` is one of:
@@ -68,11 +119,20 @@ def space_timesteps(num_steps: int, section_counts: str | Sequence[int]) -> set[
     * ``"ddimK"``: the smallest integer stride that gives exactly K steps starting at 0.
     * ``"fast27"``: the sections ``10,10,3,2,2`` with the last step swapped for the third-last
       (the official upsampler setting; it avoids artifacts from the noisiest step).
+    * ``"trailingK"``, ``"logsnrK"``, ``"karrasK"``: K steps spaced by noise level (see
+      NOISE_SPACINGS); the last two read the named beta ``schedule``. Always exactly K steps, so
+      the count never depends on the schedule.
 
     Returns the set of kept original step indices.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
+        for kind in NOISE_SPACINGS:
+            if spec.startswith(kind):
+                count = _parse_counts(spec[len(kind):])
+                if len(count) != 1:
+                    raise ValueError(f"invalid respacing {section_counts!r}: expected '{kind}K' with one count K")
+                return _noise_spacing(kind, num_steps, count[0], schedule)
         if spec.startswith("ddim"):
             count = _parse_counts(spec[len("ddim") :])
             if len(count) != 1 or count[0] < 1:

@@ -129,12 +129,14 @@ class SampleCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
-    def get(self, key: str, make: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
-        """(images in [-1, 1], seconds it took to make them), made and stored on the first call."""
+    def get(self, key: str, make: Callable[[], torch.Tensor], count: int | None = None) -> tuple[torch.Tensor, float]:
+        """(images in [-1, 1], seconds it took to make them), made and stored on the first call;
+        remade when the stored set does not hold ``count`` images (a run with another --count)."""
         path = self.path(key)
         if path.is_file():
             stored = load_file(path)
-            return stored["images"].float() / 127.5 - 1, float(stored["seconds"])
+            if count is None or len(stored["images"]) == count:
+                return stored["images"].float() / 127.5 - 1, float(stored["seconds"])
         start = time.perf_counter()
         images = make()
         seconds = time.perf_counter() - start
@@ -223,7 +225,7 @@ def _evaluate_settings(ctx: Context, settings: Sequence[Setting], objects: int, 
     rows = []
     for setting in tqdm(settings, desc=desc, disable=not ctx.progress):
         images, seconds = ctx.cache.get(setting.key, lambda s=setting: sample_setting(
-            ctx.models, s, captions, seed=ctx.seed, batch_size=ctx.batch_size, progress=ctx.progress))
+            ctx.models, s, captions, seed=ctx.seed, batch_size=ctx.batch_size, progress=ctx.progress), len(captions))
         result = evaluate_images(images, captions, ctx.models.judge, reference=reference, seed=ctx.seed)
         rows.append({"key": setting.key, "family": setting.family, "x": setting.x,
                      "sampler": setting.options.sampler, "steps": setting.options.timesteps,
@@ -345,7 +347,7 @@ def run_inpainting(ctx: Context) -> dict[str, Any]:
         key = f"inpaint-{options.sampler}-{options.timesteps}-cfg{options.guidance_scale:g}-" + "-".join(
             name.replace("+", " ").replace(",", " ").split())
         images, seconds = ctx.cache.get(key, lambda run=run, key=key: sample_batched(
-            len(captions), ctx.batch_size, ctx.seed, run, key, ctx.progress))
+            len(captions), ctx.batch_size, ctx.seed, run, key, ctx.progress), len(captions))
         scenes_found, _ = judge_images(ctx.models.judge, images)
         matched = [s["caption"] for s in score_captions(captions, scenes_found)]
         filled = [any(_same_object(o, scene[0]) for o in found) for found, scene in zip(scenes_found, scenes,
@@ -388,7 +390,7 @@ def run_upsampler(ctx: Context) -> dict[str, Any]:
                          low_res=low_res[rows], progress=False)
 
     upsampled, seconds = ctx.cache.get("upsampler", lambda: sample_batched(
-        len(captions), ctx.batch_size, ctx.seed, run, "upsampler", ctx.progress))
+        len(captions), ctx.batch_size, ctx.seed, run, "upsampler", ctx.progress), len(captions))
     bicubic = F.interpolate(low_res, (high, high), mode="bicubic", align_corners=False).clamp(-1, 1)
     rows = []
     for name, images, secs in (("upsampler", upsampled, seconds), ("bicubic", bicubic, 0.0), ("truth", truth, 0.0)):

@@ -22,6 +22,7 @@ Shared keyword options:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from ..diffusion import GaussianDiffusion
 from ._common import Callback, CondFn, DenoisedFn, Denoiser, NoiseSampler, Tensor
@@ -35,6 +36,8 @@ SAMPLERS = {
     "ddim": sample_ddim,
     "plms": sample_plms,
     "dpm++2m": sample_dpm_solver,
+    "dpm++3m": partial(sample_dpm_solver, order=3),
+    "dpm++2m-sde": partial(sample_dpm_solver, stochastic=True),
 }
 
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .limits import HARD_MAX_IMAGES, HARD_MAX_STEPS, MAX_PROMPT_CHARS
 
-Sampler = Literal["ddpm", "ddim", "plms", "dpm++2m"]  # glide.sampling.SAMPLERS (a test keeps them equal)
+# glide.sampling.SAMPLERS (a test keeps them equal)
+Sampler = Literal["ddpm", "ddim", "plms", "dpm++2m", "dpm++3m", "dpm++2m-sde"]
 Base64Png = Field(description="A PNG (or JPEG) image, base64-encoded", min_length=1)
 
 

@@ -146,7 +146,7 @@ class TrainConfig:
         "upsamplers: start the sample grids this far from pure noise, from the noised low-res input (0 < s <= 1)"))
     sample_steps: int = field(default=50, metadata=_help("sampling steps of the sample grids"))
     sample_sampler: str = field(default="ddim", metadata=_help(
-        "sampler of the sample grids (ddpm, ddim, plms, dpm++2m)"))
+        "sampler of the sample grids (ddpm, ddim, plms, dpm++2m, dpm++3m, dpm++2m-sde)"))
     sample_weights: str = field(default="model", metadata=_help(
         "weights for the sample grids: 'model' or 'ema-<rate>'"))
     probe_every: int = field(default=0, metadata=_help(
