@@ -201,3 +201,18 @@ def test_threads_auto_uses_one_thread_only_for_small_models_on_the_cpu():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("speedup, expected", [(2.0, "bfloat16"), (0.6, "float32")])
+def test_dtype_auto_picks_bf16_only_where_the_probe_found_it_faster(tmp_path, monkeypatch, speedup, expected,
+                                                                    one_torch_thread):  # noqa: F811
+    import glide.cli.prepare as prepare
+    from glide import devices
+
+    monkeypatch.setattr(prepare, "SMALL_MODEL_PARAMS", 1000)  # treat the tiny base as a large model
+    monkeypatch.setattr(devices, "bf16_speedup", lambda: speedup)
+    result = run("sample", "a red circle", "--model", "random:tiny-base", "--upsampler", "none", "--steps", "2",
+                 "--seed", "1", "-o", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"dtype: {expected} (auto: bf16 ran {speedup:.2f}x the fp32 speed" in result.output
+    assert (tmp_path / "grid-1.png").is_file()

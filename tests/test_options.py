@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import glide.pipelines as pipelines
-from glide import errors
+from glide import devices, errors
 from glide.cli.prepare import stage_options
-from glide.devices import resolve_device, resolve_dtype
+from glide.devices import auto_dtype, bf16_speedup, resolve_device, resolve_dtype
 from glide.guidance import ClassifierGuidance, ClipGuidance
 from glide.models import build_preset
 from glide.models.classifier import ClassifierConfig, NoisyClassifier
@@ -54,12 +54,12 @@ def test_sampler_options_are_a_private_read_only_copy():
     assert hash(options) == hash(StageOptions("ddim", 10, sampler_options={"eta": 0.5}))
 
 
-@pytest.mark.parametrize("timesteps", [1, 25, "25", "fast27", "ddim50", "10,10,3"])
+@pytest.mark.parametrize("timesteps", [1, 25, "25", "fast27", "ddim50", "10,10,3", "logsnr8", "karras10", "trailing4"])
 def test_valid_timesteps(timesteps):
     assert StageOptions(timesteps=timesteps).respacing == str(timesteps)
 
 
-@pytest.mark.parametrize("timesteps", [0, -3, True, 2.5, None, "", "fast", "ddim0", "ten", "10,0"])
+@pytest.mark.parametrize("timesteps", [0, -3, True, 2.5, None, "", "fast", "ddim0", "ten", "10,0", "logsnr0", "karras"])
 def test_invalid_timesteps_name_the_argument(timesteps):
     with pytest.raises(ValueError, match="timesteps"):
         StageOptions(timesteps=timesteps)
@@ -106,6 +106,29 @@ def test_device_and_dtype_resolution(monkeypatch):
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="--dtype 'fp64'"):
         resolve_dtype("fp64", torch.device("cpu"))
+
+
+def test_auto_dtype_follows_the_cpu_probe_and_the_model_size(monkeypatch):
+    cpu, big, small = torch.device("cpu"), 400_000_000, 2_000_000
+    monkeypatch.setattr(devices, "bf16_speedup", lambda: pytest.fail("small models need no probe"))
+    assert auto_dtype(cpu, small, 20_000_000)[0] == torch.float32
+    assert auto_dtype(torch.device("cuda"), small, 20_000_000) == (torch.float16, "auto: fp16 on CUDA")
+    for speedup, expected in ((2.1, torch.bfloat16), (1.0, torch.float32), (0.6, torch.float32)):
+        monkeypatch.setattr(devices, "bf16_speedup", lambda speedup=speedup: speedup)
+        dtype, why = auto_dtype(cpu, big, 20_000_000)
+        assert dtype == expected and f"{speedup:.2f}x" in why
+
+
+def test_bf16_probe_is_measured_once_and_cached(monkeypatch, tmp_path):
+    measured = []
+    monkeypatch.setattr(devices, "_measure_bf16_speedup", lambda: measured.append(1) or 1.7)
+    path = tmp_path / "probe.json"
+    assert bf16_speedup(path) == bf16_speedup(path) == 1.7 and len(measured) == 1
+    path.write_text("not json")  # a damaged cache is measured again, not an error
+    assert bf16_speedup(path) == 1.7 and len(measured) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["probe.json"]  # no partial file left
+    monkeypatch.undo()
+    assert 0.05 < devices._measure_bf16_speedup(repeats=1) < 20  # the real probe runs and is sane
 
 
 # -- pipelines: bad arguments fail before sampling ---------------------------------------------

@@ -33,6 +33,7 @@ from .load import (
     load_clip,
     load_model,
     resolve_weights_file,
+    to_precision,
 )
 from .registry import (
     OFFICIAL_CHECKPOINTS,
@@ -52,5 +53,5 @@ __all__ = [
     "download_official", "is_random", "latest_step_dir", "list_step_dirs", "load_clip", "load_for_role", "load_model",
     "load_pipeline_models", "load_weights", "official_checkpoint", "official_path",
     "official_status", "parse_spec", "plan_models", "read_checkpoint", "resolve_pair", "resolve_weights_file",
-    "save_model", "save_state_dict",
+    "save_model", "save_state_dict", "to_precision",
 ]

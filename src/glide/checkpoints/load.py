@@ -190,7 +190,12 @@ def _config_for(state, file_config, official, path, config=None) -> ModelConfig:
 # Building models
 # --------------------------------------------------------------------------------------------
 def _finish(model: nn.Module, device, dtype: torch.dtype | None) -> nn.Module:
-    model = model.to(device).eval()
+    return to_precision(model.to(device).eval(), dtype)
+
+
+def to_precision(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model`` (float32) on the half path of ``dtype`` (float16 / bfloat16: norms and embedding
+    MLPs stay float32), in place; float32 or None leaves it as it is."""
     if dtype is not None and dtype != torch.float32:
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")

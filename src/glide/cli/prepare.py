@@ -163,13 +163,25 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
                              options["upsample_steps"], options["guidance_scale"],
                              recommended_sampling(models, options["cache_dir"]))
     check_prompt_length(prompts, models, options["cache_dir"])
-    from ..devices import resolve_device, resolve_dtype
+    import torch
+
+    from ..checkpoints import to_precision
+    from ..devices import auto_dtype, resolve_device, resolve_dtype
 
     device = resolve_device(options["device"])
-    dtype = resolve_dtype(options["dtype"], device)
-    log(f"device: {device}, dtype: {str(dtype).removeprefix('torch.')}")
+    # auto on a CPU depends on the models' size: they load in fp32 and may move to bf16 below
+    decide_later = options["dtype"] == "auto" and device.type == "cpu"
+    dtype = torch.float32 if decide_later else resolve_dtype(options["dtype"], device)
     loaded = load(models, classifier_spec, device=device, dtype=dtype, cache_dir=options["cache_dir"],
                   progress=options["progress"])
+    why = ""
+    if decide_later:
+        dtype, why = auto_dtype(device, sum(p.numel() for m in loaded.values() for p in m.parameters()),
+                                SMALL_MODEL_PARAMS)
+        for model in loaded.values():
+            to_precision(model, dtype)
+        why = f" ({why})"
+    log(f"device: {device}, dtype: {str(dtype).removeprefix('torch.')}{why}")
     random = models.random + ((f"--classifier {classifier_spec.given}",) if classifier_spec and
                               classifier_spec.is_random else ())
     if random:
