@@ -54,6 +54,7 @@ from glide.models import build_preset
 from glide.models.text2im import TransformerAttention
 from glide.models.unet import AttentionBlock
 from glide.pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, stage_diffusion
+from glide.pipelines.text2im import strength_steps
 from glide.sampling import sample
 
 
@@ -203,8 +204,9 @@ def step_benchmark(args, device) -> dict:
 
 
 def recipe_steps(stage) -> int:
+    """Model calls of a stage: its respaced steps, of which ``strength`` runs."""
     model_like = build_preset("tiny-base")  # only the schedule fields matter here
-    return stage_diffusion(model_like, stage).num_timesteps
+    return strength_steps(stage_diffusion(model_like, stage).num_timesteps, stage.strength)
 
 
 def project_e2e(step_rows: dict, text_time: float, half: str) -> dict:
@@ -226,19 +228,23 @@ def project_e2e(step_rows: dict, text_time: float, half: str) -> dict:
     }
 
 
-def e2e_real(device, notebook: bool) -> dict:
-    """Run text -> 256 px end to end, once: our default recipe through the pipeline, or
-    (``notebook``) the official notebook's procedure with the baseline implementation: the
-    guided model function re-encoding the doubled captions every step, official attention,
-    100 DDPM steps, then fast27 DDPM upsampler steps from 0.997-scaled noise."""
+def e2e_real(device, notebook: bool, dtype: torch.dtype = torch.float32) -> dict:
+    """Run text -> 256 px end to end, once: our default recipe through the pipeline (models in
+    ``dtype``), or (``notebook``) the official notebook's procedure with the baseline
+    implementation: the guided model function re-encoding the doubled captions every step,
+    official attention, 100 DDPM steps, then fast27 DDPM upsampler steps from 0.997-scaled noise."""
+    from glide.checkpoints import to_precision
     from glide.pipelines import Text2ImagePipeline
 
     base, up = build("base", device), build("upsample", device)
     prompt = "an oil painting of a corgi"
     start = time.perf_counter()
     if not notebook:
-        out = Text2ImagePipeline(base, up)(prompt, seed=0, progress=True)
-        return dict(seconds=time.perf_counter() - start, size=list(out.samples.shape))
+        pipe = Text2ImagePipeline(to_precision(base, dtype), to_precision(up, dtype))
+        out = pipe(prompt, seed=0, progress=True)
+        return dict(seconds=time.perf_counter() - start, size=list(out.samples.shape),
+                    recipe=f"{DEFAULT_BASE.sampler} {DEFAULT_BASE.timesteps} + {DEFAULT_UPSAMPLE.sampler} "
+                           f"{DEFAULT_UPSAMPLE.timesteps}", dtype=str(dtype).removeprefix("torch."))
     gen = torch.Generator().manual_seed(0)
     tokens, mask = base.tokenize([prompt])
     pad = torch.full_like(tokens, base.config.n_vocab - 1), torch.zeros_like(mask)
@@ -349,8 +355,10 @@ def quality(args) -> dict:
         ode = run("ddim", "1000", 1)
         rows = {}
         for steps in steps_list:
-            for sampler in ("dpm++2m", "ddim"):
-                rows[f"{sampler}-{steps}"] = float((run(sampler, str(steps), 1) - ode).abs().mean())
+            for sampler in ("dpm++2m", "dpm++3m", "ddim"):
+                for spacing in ("", "logsnr"):
+                    respacing = f"{spacing}{steps}"
+                    rows[f"{sampler}-{respacing}"] = float((run(sampler, respacing, 1) - ode).abs().mean())
         if name.startswith("trained"):
             # How far apart two 1000-step DDPM runs from the same x_T land (fresh noise each step).
             rows["DDPM-1000 vs DDPM-1000, other noise"] = float(
@@ -397,10 +405,18 @@ def main():
         report["per_step"] = steps
         report["end_to_end_projected"] = project_e2e(steps["steps"], steps["text_encoding_seconds"], steps["half"])
     if args.e2e:
-        report["end_to_end_measured"] = {
-            "default recipe fp32": e2e_real(args.device, notebook=False),
-            "notebook recipe fp32 (baseline implementation)": e2e_real(args.device, notebook=True),
-        }
+        from glide.devices import auto_dtype
+
+        dtype, why = auto_dtype(torch.device(args.device), 10**9, 0)  # official sizes
+        measured = {"default recipe fp32": e2e_real(args.device, notebook=False)}
+        if dtype != torch.float32:
+            measured[f"default recipe {str(dtype).removeprefix('torch.')} ({why})"] = e2e_real(
+                args.device, notebook=False, dtype=dtype)
+        notebook = e2e_real(args.device, notebook=True)
+        for row in measured.values():
+            row["speedup_vs_notebook"] = notebook["seconds"] / row["seconds"]
+        measured["notebook recipe fp32 (baseline implementation)"] = notebook
+        report["end_to_end_measured"] = measured
     if not args.skip_quality:
         report["quality"] = quality(args)
     print(json.dumps(report, indent=2))

@@ -100,7 +100,9 @@ def test_every_experiment_end_to_end_then_resumed_from_the_cache(models, tmp_pat
         for name in ("clip-noised", "clip-clean", "classifier")]
     samplers = [Setting("ddim", 2, StageOptions(sampler="ddim", timesteps=2)),
                 Setting("reference-ddpm", 3, StageOptions(sampler="ddpm", timesteps=3))]
-    kwargs = dict(count=10, batch_size=6, progress=False, base=BASE, guidance=guidance, samplers=samplers)
+    upsamplers = [StageOptions(sampler="dpm++2m-sde", timesteps="trailing6", guidance_scale=1.0, strength=0.5)]
+    kwargs = dict(count=10, batch_size=6, progress=False, base=BASE, guidance=guidance, samplers=samplers,
+                  upsamplers=upsamplers)
     results = run_paper(tmp_path, models, **kwargs)
 
     rows = json.loads((tmp_path / "guidance.json").read_text())
@@ -116,6 +118,8 @@ def test_every_experiment_end_to_end_then_resumed_from_the_cache(models, tmp_pat
     assert all(0 <= r["object_filled"] <= 1 for r in inpaint.values())
     up = {r["method"]: r for r in json.loads((tmp_path / "upsampler.json").read_text())}
     assert up["bicubic"]["psnr_db"] > 15 and up["truth"]["psnr_db"] is None
+    variant = up["upsampler dpm++2m-sde trailing6 s0.5"]
+    assert variant["model_calls"] == 3 and variant["psnr_db"] > 15 and up["upsampler"]["model_calls"] >= 1
     for name in ("guidance.png", "samplers.png", "grids/inpainting.png", "grids/upsampler.png",
                  "grids/ddpm-2-cfg3.png"):
         assert (tmp_path / name).stat().st_size > 500, name

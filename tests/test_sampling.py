@@ -400,3 +400,27 @@ def test_registry_and_sampler_name_check():
         sample_dpm_solver(
             gaussian_denoiser("linear"), GaussianDiffusion.from_schedule("linear", 1000, "4"), (1, 1), order=4
         )
+
+
+def test_dynamic_thresholding_rescales_only_images_that_overshoot():
+    from glide.diffusion.gaussian import clamp_xstart
+
+    inside = torch.rand(2, 3, 4, 4) * 1.8 - 0.9
+    assert torch.equal(clamp_xstart(inside, 0.995), inside)  # s = max(quantile, 1) = 1: nothing to do
+    over = inside.clone()
+    over[0] *= 3  # image 0 overshoots; image 1 stays as it was
+    out = clamp_xstart(over, 0.5)
+    s = over[0].abs().flatten().quantile(0.5).clamp_min(1)
+    torch.testing.assert_close(out[0], over[0].clamp(-s, s) / s)
+    assert torch.equal(out[1], over[1]) and out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_takes_a_dynamic_threshold(name):
+    diffusion = GaussianDiffusion.from_schedule("linear", 1000, "4")
+    denoiser = gaussian_denoiser("linear", learned_variance=True)
+    gen = torch.Generator().manual_seed(0)
+    out = sample(name, denoiser, diffusion, (2, 1, 8, 8), generator=gen, clip_denoised=0.9)
+    assert torch.isfinite(out).all() and out.abs().max() <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="quantile in \\(0, 1\\)"):
+        sample(name, denoiser, diffusion, (2, 1, 8, 8), clip_denoised=1.5)

@@ -50,6 +50,30 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
+def clamp_xstart(x0: Tensor, clip: bool | float) -> Tensor:
+    """The x_0 estimate's clamp: ``True`` = static, to [-1, 1]; a float ``p`` in (0, 1) = dynamic
+    thresholding (Saharia et al. 2022, Imagen): per image, ``s`` = the p-quantile of |x_0| but at
+    least 1, then clamp to [-s, s] and divide by s (keeps saturated pixels from piling up at
+    +-1 under strong guidance); ``False`` = none."""
+    if clip is False or clip is None:
+        return x0
+    if clip is True:
+        return x0.clamp(-1, 1)
+    s = torch.quantile(x0.detach().flatten(1).abs().float(), float(clip), dim=1).clamp_min(1.0).to(x0.dtype)
+    s = s.view(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def check_clip_denoised(clip: bool | float) -> bool | float:
+    """``clip_denoised``: a bool, or a dynamic-thresholding quantile in (0, 1)."""
+    if isinstance(clip, bool) or clip is None:
+        return bool(clip)
+    if isinstance(clip, float) and 0 < clip < 1:
+        return clip
+    raise ValueError(f"clip_denoised must be True, False or a quantile in (0, 1) for dynamic thresholding, "
+                     f"got {clip!r}")
+
+
 class GaussianDiffusion:
     """A discrete Gaussian diffusion with ``len(betas)`` steps.
 
@@ -205,7 +229,7 @@ class GaussianDiffusion:
         model_output: Tensor,
         x_t: Tensor,
         t: Tensor | int,
-        clip_denoised: bool = True,
+        clip_denoised: bool | float = True,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Parameters of p(x_{t-1} | x_t) from a model output.
@@ -237,8 +261,7 @@ class GaussianDiffusion:
         pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
         if denoised_fn is not None:
             pred_xstart = denoised_fn(pred_xstart)
-        if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
+        pred_xstart = clamp_xstart(pred_xstart, clip_denoised)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {
             "mean": mean,

@@ -40,7 +40,7 @@ from ..data.shapes import SIZES, label_for, parse_caption, render_shapes
 from ..guidance import ClipGuidance, classifier_cond_fn
 from ..images import image_grid, image_to_tensor, tensor_to_image
 from ..pipelines.edit import paste_known
-from ..pipelines.text2im import DEFAULT_UPSAMPLE, StageOptions, recommended_stage, run_stage
+from ..pipelines.text2im import DEFAULT_UPSAMPLE, StageOptions, recommended_stage, run_stage, strength_steps
 from .judge import judge_images, score_captions
 from .metrics import bootstrap_ci
 from .report import caption_set, evaluate_images, flat_summary, reference_renders, save_grid, write_csv, write_json
@@ -73,7 +73,8 @@ class Setting:
         """What was sampled (not the curve), so that curves sharing a setting share its images."""
         o = self.options
         guided = f"-{self.guidance}{self.x:g}" if self.guidance else ""
-        return f"{o.sampler}-{o.timesteps}-cfg{o.guidance_scale:g}{guided}"
+        extras = "".join(f"-{k}{v}" for k, v in sorted(o.sampler_options.items()))
+        return f"{o.sampler}-{o.timesteps}-cfg{o.guidance_scale:g}{extras}{guided}"
 
 
 class CaptionClassifierGuidance:
@@ -375,7 +376,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
-def run_upsampler(ctx: Context) -> dict[str, Any]:
+def run_upsampler(ctx: Context, variants: Sequence[StageOptions] = ()) -> dict[str, Any]:
+    """The upsampler with its recommended sampling (row ``upsampler``) and each of ``variants``
+    (rows ``upsampler SAMPLER TIMESTEPS sSTRENGTH``) against bicubic and the truth."""
     from ..data import make_low_res
 
     upsampler = ctx.models.upsampler
@@ -383,33 +386,46 @@ def run_upsampler(ctx: Context) -> dict[str, Any]:
     captions, scenes, _ = ctx.heldout(1)
     truth = reference_renders(captions, high, ctx.seed, scenes)
     low_res = make_low_res(truth, low)
-    options = recommended_stage(upsampler, DEFAULT_UPSAMPLE)
-
-    def run(rows: slice, generators):
-        return run_stage(upsampler, list(captions[rows]), options, generators, noise_scale=0.997,
-                         low_res=low_res[rows], progress=False)
-
-    upsampled, seconds = ctx.cache.get("upsampler", lambda: sample_batched(
-        len(captions), ctx.batch_size, ctx.seed, run, "upsampler", ctx.progress), len(captions))
     bicubic = F.interpolate(low_res, (high, high), mode="bicubic", align_corners=False).clamp(-1, 1)
+    methods = [("upsampler", recommended_stage(upsampler, DEFAULT_UPSAMPLE))]
+    methods += [(f"upsampler {o.sampler} {o.timesteps} s{o.strength:g}", o) for o in variants]
+    outputs = []
+    for name, options in methods:
+        def run(rows: slice, generators, options=options):
+            return run_stage(upsampler, list(captions[rows]), options, generators, noise_scale=0.997,
+                             low_res=low_res[rows], progress=False)
+
+        key = "-".join(name.split())
+        images, seconds = ctx.cache.get(key, lambda run=run, key=key: sample_batched(
+            len(captions), ctx.batch_size, ctx.seed, run, key, ctx.progress), len(captions))
+        outputs.append((name, images, seconds, options))
     rows = []
-    for name, images, secs in (("upsampler", upsampled, seconds), ("bicubic", bicubic, 0.0), ("truth", truth, 0.0)):
+    for name, images, secs, options in (*outputs, ("bicubic", bicubic, 0.0, None), ("truth", truth, 0.0, None)):
         values = psnr(images, truth) if name != "truth" else None
         scenes_found, _ = judge_images(ctx.models.judge, images)
         matched = [s["caption"] for s in score_captions(captions, scenes_found)]
-        rows.append({"method": name, "images": len(images),
+        steps = None if options is None else truncated_steps(options)
+        rows.append({"method": name, "images": len(images), "model_calls": steps,
                      "psnr_db": float(values.mean()) if values is not None else None,
                      "psnr_db_ci95": bootstrap_ci(values, seed=ctx.seed) if values is not None else None,
                      "caption_accuracy": sum(matched) / len(matched), "seconds_per_image": secs / len(images)})
     _write_rows(ctx.out, "upsampler", rows)
     up_low = F.interpolate(low_res, (high, high), mode="nearest")
-    _save_rows_grid([up_low[:8], bicubic[:8], upsampled[:8], truth[:8]], ctx.out / "grids" / "upsampler.png")
+    _save_rows_grid([up_low[:8], bicubic[:8], outputs[0][1][:8], truth[:8]], ctx.out / "grids" / "upsampler.png")
     return {"rows": rows}
+
+
+def truncated_steps(options: StageOptions, diffusion_steps: int = 1000) -> int:
+    """The model calls of an upsampler stage run at ``options.strength``."""
+    from ..diffusion import space_timesteps
+
+    return strength_steps(len(space_timesteps(diffusion_steps, options.respacing)), options.strength)
 
 
 def run_paper(out: str | Path, models: Models, *, experiments: Sequence[str] = EXPERIMENTS, count: int = 500,
               seed: int = 0, batch_size: int = 50, progress: bool = True, base: StageOptions = PAPER_BASE,
-              guidance: Sequence[Setting] | None = None, samplers: Sequence[Setting] | None = None) -> dict[str, Any]:
+              guidance: Sequence[Setting] | None = None, samplers: Sequence[Setting] | None = None,
+              upsamplers: Sequence[StageOptions] = ()) -> dict[str, Any]:
     """Run ``experiments`` (see the module doc) and write their tables, grids and plots under ``out``."""
     unknown = set(experiments) - set(EXPERIMENTS)
     if unknown:
@@ -426,7 +442,7 @@ def run_paper(out: str | Path, models: Models, *, experiments: Sequence[str] = E
         elif name == "inpainting":
             results[name] = run_inpainting(ctx)
         else:
-            results[name] = run_upsampler(ctx)
+            results[name] = run_upsampler(ctx, upsamplers)
         results[name]["seconds"] = time.perf_counter() - start
     return results
 

@@ -117,11 +117,16 @@ def truncate_diffusion(diffusion: GaussianDiffusion, steps: int) -> GaussianDiff
     return GaussianDiffusion(diffusion.betas[:steps], diffusion.timestep_map[:steps].tolist())
 
 
+def strength_steps(num_timesteps: int, strength: float) -> int:
+    """How many of a stage's ``num_timesteps`` respaced steps (model calls) run at ``strength``."""
+    return max(1, round(strength * num_timesteps))
+
+
 def noised_start(diffusion: GaussianDiffusion, image: torch.Tensor, strength: float, generator: Generators,
                  noise_scale: float = 1.0) -> tuple[GaussianDiffusion, torch.Tensor]:
     """SDEdit's start: ``image`` noised ``strength`` of the way to pure noise, and the first steps of
     ``diffusion`` that lead back from there (at least one)."""
-    steps = max(1, round(strength * diffusion.num_timesteps))
+    steps = strength_steps(diffusion.num_timesteps, strength)
     truncated = truncate_diffusion(diffusion, steps)
     noise = randn(image.shape, generator).to(image) * noise_scale
     return truncated, truncated.q_sample(image, torch.full((image.shape[0],), steps - 1, device=image.device), noise)

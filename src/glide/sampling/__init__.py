@@ -14,7 +14,8 @@ Shared keyword options:
 * ``cond_fn(x, t_original) -> grad`` of log p(y | x_t), already scaled. It runs with autograd
   enabled even though the loop runs under ``no_grad``.
 * ``denoised_fn(x0) -> x0`` applied to every x_0 estimate before the [-1, 1] clamp
-  (``clip_denoised``); inpainting uses it to paste known pixels.
+  (``clip_denoised``); inpainting uses it to paste known pixels. ``clip_denoised=p`` with p in
+  (0, 1) thresholds dynamically at the p-quantile of |x_0| instead (Imagen's dynamic thresholding).
 * ``callback(dict(i, t, x, pred_xstart))`` after every step; ``progress`` shows a tqdm bar.
 * ``device``: where ``x_T`` goes when drawn from a shape (drawn on the generator's device).
 """

@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 
 from ..diffusion import GaussianDiffusion
+from ..diffusion.gaussian import check_clip_denoised, clamp_xstart
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -64,11 +65,11 @@ def with_grad(cond_fn: CondFn | None) -> CondFn | None:
     return wrapped
 
 
-def process_xstart(x0: Tensor, denoised_fn: DenoisedFn | None, clip_denoised: bool) -> Tensor:
-    """Apply ``denoised_fn`` and then the [-1, 1] clamp to an x_0 estimate."""
+def process_xstart(x0: Tensor, denoised_fn: DenoisedFn | None, clip_denoised: bool | float) -> Tensor:
+    """Apply ``denoised_fn`` and then the clamp (``clamp_xstart``) to an x_0 estimate."""
     if denoised_fn is not None:
         x0 = denoised_fn(x0)
-    return x0.clamp(-1, 1) if clip_denoised else x0
+    return clamp_xstart(x0, clip_denoised)
 
 
 def model_mean_variance(
@@ -78,7 +79,7 @@ def model_mean_variance(
     t: Tensor | int,
     *,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> dict[str, Tensor]:
     """Call ``denoiser(x, original_t)`` and turn its output into ``p_mean_variance``'s dict."""
     output = denoiser(x, diffusion.original_timesteps(t, x))
@@ -93,7 +94,7 @@ def predict_eps_xstart(
     *,
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> dict[str, Tensor]:
     """The (x_0, eps) pair the deterministic samplers step with.
 
@@ -120,7 +121,7 @@ class Step(Protocol):
         *,
         cond_fn: CondFn | None,
         denoised_fn: DenoisedFn | None,
-        clip_denoised: bool,
+        clip_denoised: bool | float,
     ) -> dict[str, Tensor]: ...
 
 
@@ -133,7 +134,7 @@ def run_loop(
     noise_sampler: NoiseSampler | None = None,
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
     progress: bool = False,
     callback: Callback | None = None,
     device: torch.device | str | None = None,
@@ -145,6 +146,7 @@ def run_loop(
     the noisiest), so a deterministic step that never calls it draws nothing. A multistep
     sampler passes a fresh closure per run that keeps its own history between calls.
     """
+    clip_denoised = check_clip_denoised(clip_denoised)
     x = initial_noise(x_T_or_shape, generator, device)
     noise_sampler = noise_sampler or default_noise_sampler(generator, x)
     hooks = {"cond_fn": with_grad(cond_fn), "denoised_fn": denoised_fn, "clip_denoised": clip_denoised}

@@ -31,7 +31,7 @@ def ddim_step(
     eta: float = 0.0,
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> dict[str, Tensor]:
     """One DDIM step x_t -> x_{t-1} (``t`` respaced: an int or LongTensor ``[N]``).
 

@@ -30,7 +30,7 @@ def ddpm_step(
     *,
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> dict[str, Tensor]:
     """One ancestral step x_t -> x_{t-1} (``t`` respaced: an int or LongTensor ``[N]``).
 

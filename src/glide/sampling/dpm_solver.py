@@ -106,7 +106,7 @@ def dpm_solver_step(
     *,
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> dict[str, Tensor]:
     """One DPM-Solver++ step from respaced index ``i`` (an int) to ``i - 1``.
 

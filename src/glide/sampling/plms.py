@@ -56,7 +56,7 @@ def plms_step(
     order: int = 4,
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> dict[str, Tensor]:
     """One PLMS step from respaced index ``i`` (an int) to ``i - 1``.
 
