@@ -216,3 +216,11 @@ def test_dtype_auto_picks_bf16_only_where_the_probe_found_it_faster(tmp_path, mo
     assert result.exit_code == 0, result.output
     assert f"dtype: {expected} (auto: bf16 ran {speedup:.2f}x the fp32 speed" in result.output
     assert (tmp_path / "grid-1.png").is_file()
+
+
+def test_steps_take_a_spacing_by_noise_level(tmp_path, one_torch_thread):  # noqa: F811
+    result = run("sample", "a red circle", "--model", "random:tiny-base", "--upsampler", "none", "--steps",
+                 "logsnr3", "--sampler", "dpm++2m-sde", "--seed", "1", "-o", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "dpm++2m-sde logsnr3" in result.output and (tmp_path / "grid-1.png").is_file()
+    assert_clean_error(run("sample", "x", "--steps", "karras0", "-o", str(tmp_path)), "--steps", "cannot take 0 steps")

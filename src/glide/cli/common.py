@@ -106,7 +106,7 @@ class Steps(Number):
         super().__init__(integer=True, low=1)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        if isinstance(value, int) or str(value).strip().lstrip("+-").isdigit():
+        if not isinstance(value, str) or not str(value).strip()[:1].isalpha():  # a number: checked as one
             return super().convert(value, param, ctx)
         from ..diffusion import space_timesteps
 
