@@ -22,11 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from sampling import build  # benchmarks/sampling.py: random weights, zero-initialised layers given some
 from torch.profiler import ProfilerActivity, profile
 
 from glide.checkpoints import to_precision
 from glide.guidance import text2im_denoiser
-from glide.models import build_preset
 
 # aten op name fragments -> category (first match wins)
 CATEGORIES = (
@@ -44,15 +44,6 @@ def category(name: str) -> str:
         if any(f in name for f in fragments):
             return label
     return "other"
-
-
-def build(name: str):
-    torch.manual_seed(0)
-    model = build_preset(name).eval()
-    for module in model.modules():  # zero-initialised layers get weights, so every op shows
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)) and not module.weight.any():
-            module.reset_parameters()
-    return model
 
 
 def stage_inputs(model, upsampler: bool):
@@ -101,7 +92,7 @@ def measure(name: str, upsampler: bool, repeats: int) -> dict:
     rows = {}
     with torch.no_grad():
         for precision in ("fp32", "bf16"):
-            model = build(name)
+            model = build(name, "cpu")
             if precision == "bf16":
                 to_precision(model, torch.bfloat16)
             plain = step_fn(model, upsampler, channels_last=False)

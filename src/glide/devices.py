@@ -63,9 +63,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 # --dtype auto on a CPU: bf16 only where the probe measured bf16 at least this much faster than
-# fp32 (CPUs with AMX run it ~2x; without AMX it runs at ~0.6x), and only for models of at least
-# ``small_params`` parameters: a small model gains nothing from bf16 (measured on an AMX CPU) and
-# its outputs would change.
+# fp32 (measured: ~2x on an AMD EPYC and on Intel CPUs with AMX, ~0.6x on an Intel Xeon without
+# AMX: CPU flags alone do not tell), and only for models of at least ``small_params`` parameters:
+# a small model gains nothing from bf16 (measured on an AMX CPU) and its outputs would change.
 BF16_MIN_SPEEDUP = 1.15
 PROBE_FILE = "cpu-precision.json"
 

@@ -174,6 +174,7 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
     dtype = torch.float32 if decide_later else resolve_dtype(options["dtype"], device)
     loaded = load(models, classifier_spec, device=device, dtype=dtype, cache_dir=options["cache_dir"],
                   progress=options["progress"])
+    set_threads(options["threads"], loaded.values(), device)  # before the probe: it measures at this count
     why = ""
     if decide_later:
         dtype, why = auto_dtype(device, sum(p.numel() for m in loaded.values() for p in m.parameters()),
@@ -188,7 +189,6 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
         warn(f"RANDOM WEIGHTS ({', '.join(random)}): untrained models, the images will be noise. "
              f"For real images leave out --model (the bundled cascade), or run 'glide download base upsample' "
              f"and use --model openai.")
-    set_threads(options["threads"], loaded.values(), device)
     seed = options["seed"] if options["seed"] is not None else secrets.randbelow(2**31)
     log(f"seed: {seed}")
     run = Run(loaded["base"], loaded.get("upsampler"), loaded.get("clip"), loaded.get("classifier"), random,
