@@ -12,7 +12,8 @@ Measures, in one run on one machine (random weights: speed does not depend on th
      in float32), with its output's distance from float32.
 2. Seconds per step of the official-size upsampler (398M, 256 px, batch 1, no guidance).
 3. End-to-end text -> 256 px for the official notebook recipe (100 DDPM steps with CFG +
-   "fast27" upsampler steps) and for our default recipe (DPM-Solver++ 20 + 5 steps). On a CPU
+   "fast27" upsampler steps), our default recipe (DPM-Solver++ 20 + 5 steps) and the fast one
+   (DPM-Solver++(2M) SDE, 10 trailing steps + 3 upsampler calls from strength 0.3). On a CPU
    the notebook recipe takes hours, so both are projected from the measured per-step medians
    (text encoding + steps x step time); ``--e2e`` also runs both recipes for real.
 4. Quality at fewer steps, on the reference fixture's tiny base (cosine schedule, CFG 3) and
@@ -53,7 +54,7 @@ from glide.guidance import text2im_denoiser
 from glide.models import build_preset
 from glide.models.text2im import TransformerAttention
 from glide.models.unet import AttentionBlock
-from glide.pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, stage_diffusion
+from glide.pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, RECIPES, stage_diffusion
 from glide.pipelines.text2im import strength_steps
 from glide.sampling import sample
 
@@ -209,28 +210,29 @@ def recipe_steps(stage) -> int:
     return strength_steps(stage_diffusion(model_like, stage).num_timesteps, stage.strength)
 
 
+OUR_RECIPES = {"default": (DEFAULT_BASE, DEFAULT_UPSAMPLE), "fast": RECIPES["fast"]}
+
+
 def project_e2e(step_rows: dict, text_time: float, half: str) -> dict:
     n_nb_base, n_nb_up = recipe_steps(NOTEBOOK_BASE), recipe_steps(NOTEBOOK_UPSAMPLE)
-    n_base, n_up = recipe_steps(DEFAULT_BASE), recipe_steps(DEFAULT_UPSAMPLE)
     s = {k: v["seconds_per_step"] for k, v in step_rows.items()}
     baseline_step = s["baseline fp32 (official attention, text every step)"]
     notebook = n_nb_base * baseline_step + n_nb_up * s["upsampler fp32"]
-    ours32 = text_time + n_base * s["ours fp32 (sdpa, text once)"] + n_up * s["upsampler fp32"]
-    ours16 = text_time + n_base * s[f"ours {half} (sdpa, text once)"] + n_up * s[f"upsampler {half}"]
-    return {
-        "notebook recipe (fp32, official implementation)": dict(base_steps=n_nb_base, upsample_steps=n_nb_up,
-                                                                 seconds=notebook),
-        "default recipe fp32": dict(base_steps=n_base, upsample_steps=n_up, seconds=ours32,
-                                    speedup_vs_notebook=notebook / ours32),
-        f"default recipe {half}": dict(base_steps=n_base, upsample_steps=n_up, seconds=ours16,
-                                       speedup_vs_notebook=notebook / ours16),
-        "same-precision step-count-only speedup": (n_nb_base + n_nb_up) / (n_base + n_up),
-    }
+    rows = {"notebook recipe (fp32, official implementation)": dict(base_steps=n_nb_base, upsample_steps=n_nb_up,
+                                                                    seconds=notebook)}
+    for name, (base, up) in OUR_RECIPES.items():
+        n_base, n_up = recipe_steps(base), recipe_steps(up)
+        for precision in ("fp32", half):
+            seconds = text_time + n_base * s[f"ours {precision} (sdpa, text once)"] + n_up * s[f"upsampler {precision}"]
+            rows[f"{name} recipe {precision}"] = dict(base_steps=n_base, upsample_steps=n_up, seconds=seconds,
+                                                      speedup_vs_notebook=notebook / seconds)
+        rows[f"{name} recipe: model calls only"] = (n_nb_base + n_nb_up) / (n_base + n_up)
+    return rows
 
 
-def e2e_real(device, notebook: bool, dtype: torch.dtype = torch.float32) -> dict:
-    """Run text -> 256 px end to end, once: our default recipe through the pipeline (models in
-    ``dtype``), or (``notebook``) the official notebook's procedure with the baseline
+def e2e_real(device, recipe: str, dtype: torch.dtype = torch.float32) -> dict:
+    """Run text -> 256 px end to end, once: one of ``OUR_RECIPES`` through the pipeline (models in
+    ``dtype``), or (``"notebook"``) the official notebook's procedure with the baseline
     implementation: the guided model function re-encoding the doubled captions every step,
     official attention, 100 DDPM steps, then fast27 DDPM upsampler steps from 0.997-scaled noise."""
     from glide.checkpoints import to_precision
@@ -239,12 +241,15 @@ def e2e_real(device, notebook: bool, dtype: torch.dtype = torch.float32) -> dict
     base, up = build("base", device), build("upsample", device)
     prompt = "an oil painting of a corgi"
     start = time.perf_counter()
-    if not notebook:
+    if recipe != "notebook":
+        base_stage, up_stage = OUR_RECIPES[recipe]
         pipe = Text2ImagePipeline(to_precision(base, dtype), to_precision(up, dtype))
-        out = pipe(prompt, seed=0, progress=True)
+        out = pipe(prompt, seed=0, base=base_stage, upsample=up_stage, progress=True)
         return dict(seconds=time.perf_counter() - start, size=list(out.samples.shape),
-                    recipe=f"{DEFAULT_BASE.sampler} {DEFAULT_BASE.timesteps} + {DEFAULT_UPSAMPLE.sampler} "
-                           f"{DEFAULT_UPSAMPLE.timesteps}", dtype=str(dtype).removeprefix("torch."))
+                    recipe=f"{base_stage.sampler} {base_stage.timesteps} + {up_stage.sampler} {up_stage.timesteps} "
+                           f"(strength {up_stage.strength})", model_calls=[recipe_steps(base_stage),
+                                                                            recipe_steps(up_stage)],
+                    dtype=str(dtype).removeprefix("torch."))
     gen = torch.Generator().manual_seed(0)
     tokens, mask = base.tokenize([prompt])
     pad = torch.full_like(tokens, base.config.n_vocab - 1), torch.zeros_like(mask)
@@ -408,11 +413,13 @@ def main():
         from glide.devices import auto_dtype
 
         dtype, why = auto_dtype(torch.device(args.device), 10**9, 0)  # official sizes
-        measured = {"default recipe fp32": e2e_real(args.device, notebook=False)}
-        if dtype != torch.float32:
-            measured[f"default recipe {str(dtype).removeprefix('torch.')} ({why})"] = e2e_real(
-                args.device, notebook=False, dtype=dtype)
-        notebook = e2e_real(args.device, notebook=True)
+        measured = {}
+        for recipe in OUR_RECIPES:
+            measured[f"{recipe} recipe fp32"] = e2e_real(args.device, recipe)
+            if dtype != torch.float32:
+                measured[f"{recipe} recipe {str(dtype).removeprefix('torch.')} ({why})"] = e2e_real(
+                    args.device, recipe, dtype=dtype)
+        notebook = e2e_real(args.device, "notebook")
         for row in measured.values():
             row["speedup_vs_notebook"] = notebook["seconds"] / row["seconds"]
         measured["notebook recipe fp32 (baseline implementation)"] = notebook

@@ -92,6 +92,13 @@ def test_convert_cli_validates_and_records_the_sampling(tmp_path):
     assert result.exit_code == 0, result.output
     assert checkpoint_sampling(tmp_path / "o.safetensors") == {
         "sampler": "ddpm", "timesteps": 40, "guidance_scale": 3.0, "strength": 0.3}
+    result = run_cli("convert", str(tmp_path / "u.safetensors"), str(tmp_path / "s.safetensors"),
+                     "--sampler", "dpm++2m-sde", "--steps", "trailing10")  # a spacing, kept as text
+    assert result.exit_code == 0, result.output
+    assert checkpoint_sampling(tmp_path / "s.safetensors")["timesteps"] == "trailing10"
+    result = run_cli("convert", str(tmp_path / "u.safetensors"), str(tmp_path / "p.safetensors"),
+                     "--sampler", "ddpm", "--steps", "trailing0")
+    assert result.exit_code == 2 and "--steps" in result.output
     result = run_cli("convert", str(tmp_path / "u.safetensors"), str(tmp_path / "p.safetensors"), "--steps", "4")
     assert result.exit_code == 2 and "give --sampler too" in result.output
     result = run_cli("convert", str(tmp_path / "u.safetensors"), str(tmp_path / "p.safetensors"),

@@ -19,6 +19,8 @@ from glide.models.classifier import ClassifierConfig, NoisyClassifier
 from glide.pipelines import (
     DEFAULT_BASE,
     DEFAULT_UPSAMPLE,
+    FAST_BASE,
+    FAST_UPSAMPLE,
     NOTEBOOK_BASE,
     NOTEBOOK_UPSAMPLE,
     ImageToImagePipeline,
@@ -28,6 +30,7 @@ from glide.pipelines import (
     Text2ImagePipeline,
     stage_diffusion,
 )
+from glide.pipelines.text2im import strength_steps
 from glide.training.distributed import LaunchError
 from glide.training.distributed import resolve_device as training_resolve_device
 
@@ -89,6 +92,11 @@ def test_cli_recipes_are_the_constants_themselves_unless_overridden():
     base, up = stage_options("notebook", "ddim", 7, None, 3, 2.0)
     assert (base.sampler, base.timesteps, base.guidance_scale) == ("ddim", 7, 2.0)
     assert (up.sampler, up.timesteps) == ("ddpm", 3) and NOTEBOOK_UPSAMPLE.timesteps == "fast27"
+    base, up = stage_options("fast", None, None, None, None, None, recommended=({"sampler": "ddpm"}, None))
+    assert base is FAST_BASE and up is FAST_UPSAMPLE  # a named recipe ignores the checkpoints' recommendations
+    # the fast recipe's model calls: 10 base steps, and 3 of the upsampler's 10 (strength 0.3)
+    assert stage_diffusion(build_preset("tiny-base"), base).num_timesteps == 10
+    assert strength_steps(stage_diffusion(build_preset("tiny-upsample"), up).num_timesteps, up.strength) == 3
 
 
 # -- devices -----------------------------------------------------------------------------------

@@ -506,6 +506,39 @@ def test_base_stage_loss_matches_the_formulas(caption_dropout, monkeypatch, tmp_
         assert torch.equal(tokens, expected_tokens) and torch.equal(mask, expected_mask) and mask.any()
 
 
+@pytest.mark.parametrize("weighting", ["min-snr:5", "v:20"])
+def test_loss_weighting_weighs_the_mse_by_the_snr_formula(weighting, monkeypatch, tmp_path):
+    """--loss-weighting scales each sample's MSE (not the variance's vb term) by its formula in SNR."""
+    import glide.training.stages as stages
+
+    cfg = tiny(tmp_path, loss_weighting=weighting)
+    model = create_model(preset_config("tiny-base", image_size=16, text_ctx=24), 0)
+    torch.nn.init.normal_(model.out[-1].weight, std=0.05)
+    stage = make_stage(cfg, model)
+    chosen = torch.tensor([0, 300, 700, 999])
+    monkeypatch.setattr(stages, "_timesteps", lambda gens, n, logit_normal: chosen[: len(gens)])
+    batch = collate([build_dataset("shapes:4:1", 16)[i] for i in range(4)])
+    loss, metrics = stage.loss(model, model, batch, sample_seeds(0, 0, range(4)))
+
+    abar = torch.tensor(_cosine_alpha_bars()[chosen])
+    snr = abar / (1 - abar)
+    expected = torch.minimum(snr, torch.tensor(5.0)) / snr if weighting == "min-snr:5" else (1 / abar).clamp(max=20)
+    if weighting == "min-snr:5":
+        assert expected[0] < 1e-3 and torch.equal(expected[2:], torch.ones(2))  # only the least noisy steps lose weight
+    else:
+        assert abs(expected[0] - 1) < 1e-3 and expected[-1] == 20 and (expected.diff() >= 0).all()  # noisy: more
+    torch.testing.assert_close(loss.double(), (expected * metrics["mse"].double() + metrics["vb"].double()).mean(),
+                               rtol=1e-5, atol=1e-7)
+    plain = make_stage(tiny(tmp_path), model).loss(model, model, batch, sample_seeds(0, 0, range(4)))[0]
+    assert not torch.isclose(loss, plain)  # the same samples and noise, weighted differently
+
+
+@pytest.mark.parametrize("value", ["snr", "eps:2", "v:0", "min-snr:-1", "v:nan", "v:1,2"])
+def test_bad_loss_weighting_is_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match="--loss-weighting must be"):
+        TrainConfig(out=str(tmp_path / "run"), loss_weighting=value)
+
+
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_committed_configs_load_and_keep_two_channels_per_norm_group(path):
     """Every committed recipe is a valid TrainConfig, and its text2im U-Nets can see the image mean."""

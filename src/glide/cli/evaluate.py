@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .common import CONTEXT_SETTINGS, Number, command_body, log, warn
+from .options import RECIPE_CHOICES
 
 _JUDGE_OPTION = click.option("--judge", default="bundled:shapes-judge", show_default=True, metavar="SPEC",
                              help="The shapes judge (attribute classifier) checkpoint.")
@@ -210,9 +211,10 @@ def paper(out: str, experiments: str, count: int, clean_clip: str | None, sample
 @click.option("--model", default="openai", show_default=True, metavar="SPEC", help="The base model.")
 @click.option("--upsampler", default="openai", show_default=True, metavar="SPEC|none",
               help="The upsampler (its output size is the evaluation size: 256 px for the official one).")
-@click.option("--recipe", type=click.Choice(("default", "notebook")), default="default", show_default=True,
-              help="default: each model's recommended sampling, else DPM-Solver++ 20 + 5 steps; notebook: the "
-                   "official notebook's 100 DDPM steps + fast27 upsampling.")
+@click.option("--recipe", type=click.Choice(RECIPE_CHOICES), default="default", show_default=True,
+              help="default: each model's recommended sampling, else DPM-Solver++ 20 + 5 steps; fast: "
+                   "DPM-Solver++(2M) SDE trailing10 + 3 upsampler calls; notebook: the official notebook's "
+                   "100 DDPM steps + fast27 upsampling.")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), metavar="FILE",
               help="torch-fidelity's Inception weights (default: $GLIDE_INCEPTION_WEIGHTS or torch's hub cache).")
 @_batch_size_option(16)
@@ -237,7 +239,7 @@ def coco(annotations: str, images: str, count: int, scales: list[float], model: 
     from ..evaluation import metrics
     from ..evaluation.coco import PAPER_ZERO_SHOT_FID, folder_features, prepare_references, read_coco_captions
     from ..evaluation.report import write_csv, write_json
-    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, Text2ImagePipeline
+    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, RECIPES, Text2ImagePipeline
     from ..pipelines.text2im import recommended_stage
     from ..training.distributed import setup
     from .caption_runs import image_file, sample_caption_file
@@ -257,8 +259,8 @@ def coco(annotations: str, images: str, count: int, scales: list[float], model: 
             log(f"{count} captions from {annotations}; reference images centre-cropped to {size} px in {references}")
             prepare_references([name for name, _ in pairs], images, references, size, progress)
         env.barrier()
-        if recipe == "notebook":
-            base, up = NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE if pipeline.upsampler is not None else None
+        if recipe in RECIPES:
+            base, up = RECIPES[recipe][0], RECIPES[recipe][1] if pipeline.upsampler is not None else None
         else:
             base = recommended_stage(pipeline.base, DEFAULT_BASE)
             up = recommended_stage(pipeline.upsampler, DEFAULT_UPSAMPLE) if pipeline.upsampler is not None else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT_SETTINGS, Number, command_body, log
+from .common import CONTEXT_SETTINGS, Number, Steps, command_body, log
 from .options import check_sampler
 
 _CACHE_DIR_OPTION = click.option(
@@ -63,13 +63,14 @@ def download(names: tuple[str, ...], cache_dir: str | None, progress: bool) -> N
 @click.option("--sampler", callback=check_sampler, metavar="NAME",
               help="Record the sampler the model is best used with; 'glide sample' and the pipelines "
                    "then use it by default (with --steps and --guidance-scale).")
-@click.option("--steps", type=Number(integer=True, low=1), help="The recommended steps (with --sampler).")
+@click.option("--steps", type=Steps(), metavar="N|SPACING",
+              help="The recommended steps (with --sampler): a count or a spacing such as trailing10.")
 @click.option("--guidance-scale", type=Number(low=0), help="The recommended guidance scale (with --sampler).")
 @click.option("--strength", type=Number(low=0, high=1, low_open=True),
               help="The recommended strength (with --sampler): an upsampler below 1 starts from its noised input.")
 @command_body
 def convert(src: str, dst: str | None, cache_dir: str | None, force: bool, weights: str, half: bool,
-            sampler: str | None, steps: int | None, guidance_scale: float | None, strength: float | None) -> None:
+            sampler: str | None, steps: int | str | None, guidance_scale: float | None, strength: float | None) -> None:
     """Convert a checkpoint to .safetensors with its config stored inside.
 
     SRC is an official name (downloaded), a .pt/.safetensors file, a checkpoint or run folder;

@@ -17,7 +17,7 @@ from .common import SMALL_MODEL_PARAMS, Number, Steps, Threads
 OPENAI = "openai"  # the official pair of the command (glide.checkpoints.specs.OPENAI)
 BUNDLED = "bundled"  # the bundled shapes cascade (glide.checkpoints.specs.BUNDLED)
 RANDOM_CLIP = "random"  # a tiny randomly initialised noised CLIP (glide.checkpoints.specs.RANDOM_CLIP)
-RECIPES = ("default", "notebook")
+RECIPE_CHOICES = ("default", "fast", "notebook")  # "default" and glide.pipelines.RECIPES
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 # --max-batch default: a CPU gains nothing from larger batches of these sizes and would only
 # hold more memory; a CUDA GPU gets one image per GiB of its memory, within [4, 64].
@@ -97,10 +97,10 @@ def sampling_options(fn: Callable) -> Callable:
         click.option("--upsampler", metavar="NAME|PATH|none",
                      help="Upsampler model (same forms as --model), or 'none' to keep the base images. "
                           "Default: the one matching --model (bundled, official, or random:tiny-*)."),
-        click.option("--recipe", type=click.Choice(RECIPES), default="default", show_default=True,
-                     help="default: what each model's checkpoint recommends (the bundled cascade: DDPM), "
-                          "else DPM-Solver++ 20 + 5 steps. notebook: the official notebook's "
-                          "100 DDPM steps + fast27 upsampling."),
+        click.option("--recipe", type=click.Choice(RECIPE_CHOICES), default="default", show_default=True,
+                     help="default: what each model's checkpoint recommends, else DPM-Solver++ 20 + 5 steps. "
+                          "fast: DPM-Solver++(2M) SDE trailing10 + 3 upsampler calls (10 steps from strength "
+                          "0.3). notebook: the official notebook's 100 DDPM steps + fast27 upsampling."),
         click.option("--sampler", callback=check_sampler, metavar="NAME",
                      help="Base-stage sampler: ddpm, ddim, plms, dpm++2m, dpm++3m, dpm++2m-sde "
                           "(default: from --recipe)."),

@@ -38,11 +38,11 @@ def stage_options(recipe: str, sampler: str | None, steps: int | None, upsample_
 
     ``recommended``: the (base, upsampler) sampling their checkpoints record, or None each; the
     default recipe uses them where given."""
-    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE
+    from ..pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, RECIPES
     from ..pipelines.text2im import stage_from_sampling
 
-    if recipe == "notebook":
-        recipes = (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE)
+    if recipe in RECIPES:
+        recipes = RECIPES[recipe]
     else:
         recipes = tuple(stage_from_sampling(r, d) for r, d in zip(recommended, (DEFAULT_BASE, DEFAULT_UPSAMPLE),
                                                                  strict=True))

@@ -17,8 +17,11 @@ from .edit import ImageToImagePipeline, InpaintPipeline, paste_known
 from .text2im import (
     DEFAULT_BASE,
     DEFAULT_UPSAMPLE,
+    FAST_BASE,
+    FAST_UPSAMPLE,
     NOTEBOOK_BASE,
     NOTEBOOK_UPSAMPLE,
+    RECIPES,
     PipelineOutput,
     StageOptions,
     Text2ImagePipeline,
@@ -30,7 +33,8 @@ from .text2im import (
 )
 
 __all__ = [
-    "DEFAULT_BASE", "DEFAULT_UPSAMPLE", "NOTEBOOK_BASE", "NOTEBOOK_UPSAMPLE", "ImageToImagePipeline",
+    "DEFAULT_BASE", "DEFAULT_UPSAMPLE", "FAST_BASE", "FAST_UPSAMPLE", "NOTEBOOK_BASE", "NOTEBOOK_UPSAMPLE", "RECIPES",
+    "ImageToImagePipeline",
     "InpaintPipeline", "PipelineOutput", "SamplingError", "StageOptions", "Text2ImagePipeline", "paste_known",
     "randn", "run_stage", "stage_diffusion", "truncate_diffusion", "upsample_stage",
 ]

@@ -85,6 +85,13 @@ NOTEBOOK_UPSAMPLE = StageOptions(sampler="ddpm", timesteps="fast27", guidance_sc
 # (official sizes), so it gets few steps. benchmarks/sampling.py measures speed and distances.
 DEFAULT_BASE = StageOptions(sampler="dpm++2m", timesteps=20, guidance_scale=3.0)
 DEFAULT_UPSAMPLE = StageOptions(sampler="dpm++2m", timesteps=5, guidance_scale=1.0)
+# Few steps: the stochastic DPM-Solver++(2M) with trailing spacing (10 model calls), and the
+# upsampler started from its noised, upsampled input at strength 0.3 (10 steps, 3 calls). On the
+# bundled cascade this matches 100-step DDPM's caption accuracy (docs/benchmarks.md).
+FAST_BASE = StageOptions(sampler="dpm++2m-sde", timesteps="trailing10", guidance_scale=3.0)
+FAST_UPSAMPLE = StageOptions(sampler="dpm++2m-sde", timesteps=10, guidance_scale=1.0, strength=0.3)
+# The named recipes of --recipe (besides "default": what each checkpoint recommends, else DEFAULT_*).
+RECIPES = {"notebook": (NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE), "fast": (FAST_BASE, FAST_UPSAMPLE)}
 
 
 @dataclass

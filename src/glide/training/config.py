@@ -116,6 +116,11 @@ class TrainConfig:
         "how training draws t: 'uniform', or 'logit-normal[:MEAN,STD]' (t/T = sigmoid(N(MEAN, STD)), "
         "default 0,1), which trains the middle noise levels, where captions decide the picture, more often; "
         "'clean': always t = 0 (a CLIP or classifier of clean images, to compare with a noised one)"))
+    loss_weighting: str = field(default="eps", metadata=_help(
+        "weight of each sample's noise-prediction MSE: 'eps' (none, the official loss), 'min-snr[:GAMMA]' "
+        "(min(SNR, GAMMA) / SNR, default 5: less weight on the least noisy steps) or 'v[:MAX]' (the "
+        "v-prediction loss, 1 / alphabar_t capped at MAX, default 20: more weight on the noisy steps, "
+        "where the layout is decided)"))
 
     # -- optimisation ------------------------------------------------------------------------
     lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
@@ -203,6 +208,7 @@ class TrainConfig:
         for name in ("low_res_blur", "low_res_noise"):
             parse_range(getattr(self, name), name)
         parse_timestep_sampling(self.timestep_sampling)
+        parse_loss_weighting(self.loss_weighting)
 
     def _check_sampling(self) -> None:
         """The sample grids' sampler and guidance, with the checks sampling itself uses."""
@@ -351,6 +357,20 @@ def parse_timestep_sampling(value: str) -> tuple[float, float] | str | None:
             return numbers[0], numbers[1]
     raise ConfigError(f"--timestep-sampling must be 'uniform', 'clean', 'logit-normal' or 'logit-normal:MEAN,STD' "
                       f"with finite numbers and STD > 0, got {value!r}")
+
+
+LOSS_WEIGHTINGS = {"eps": None, "min-snr": 5.0, "v": 20.0}  # name -> default parameter
+
+
+def parse_loss_weighting(value: str) -> tuple[str, float | None]:
+    """'eps' -> ('eps', None); 'min-snr[:GAMMA]' and 'v[:MAX]' -> (name, parameter > 0)."""
+    kind, _, params = str(value).partition(":")
+    if kind in LOSS_WEIGHTINGS and (kind != "eps" or not params):
+        number = parse_floats(params, "loss_weighting") if params else (LOSS_WEIGHTINGS[kind],)
+        if kind == "eps" or (len(number) == 1 and math.isfinite(number[0]) and number[0] > 0):
+            return kind, None if kind == "eps" else number[0]
+    raise ConfigError(f"--loss-weighting must be 'eps', 'min-snr[:GAMMA]' or 'v[:MAX]' with a finite number > 0, "
+                      f"got {value!r}")
 
 
 _PAIR_SPLIT = re.compile(r"[,;\s]+(?=[A-Za-z_]\w*\s*=)")
