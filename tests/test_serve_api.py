@@ -81,7 +81,9 @@ def test_an_image_does_not_depend_on_its_batch(client):
     request = dict(prompt="a large blue square", seed=11, **FAST)
     pair = client.post("/v1/generate", json=dict(request, num_images=2)).json()["images"]
     alone = client.post("/v1/generate", json=dict(request, num_images=1)).json()["images"]
-    assert np.array_equal(pixels(alone[0]), pixels(pair[0]))
+    # the same noise: equal up to the float rounding of batched convolutions
+    diff = np.abs(pixels(alone[0]).astype(int) - pixels(pair[0]).astype(int))
+    assert diff.max() <= 2, diff.max()
 
 
 def test_without_upsampling_images_have_the_base_size(client):

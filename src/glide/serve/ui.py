@@ -16,6 +16,7 @@ from fastapi import FastAPI  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from ..diffusion import space_timesteps  # noqa: E402
 from ..sampling import SAMPLERS  # noqa: E402
 from .schemas import SamplingRequest  # noqa: E402
 from .security import RequestRefused, key_matches  # noqa: E402
@@ -38,6 +39,11 @@ def mount_ui(app: FastAPI, path: str = "/", api_key: str | None = None) -> FastA
                                auth_message="Log in with this server's API key as the password (any user name).")
 
 
+def step_count(timesteps: int | str) -> int:
+    """The number of steps of a count or a spacing such as ``trailing10`` (the slider takes counts)."""
+    return timesteps if isinstance(timesteps, int) else len(space_timesteps(1000, timesteps))
+
+
 def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
     default = registry.models[registry.default]
     recommended = default.settings("generate", sampler=None, steps=None, guidance_scale=None, upsample=True,
@@ -49,7 +55,8 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
             with gr.Row():
                 count = gr.Slider(1, limits.max_images, value=1, step=1, label="Number of images")
                 guidance = gr.Slider(0, 10, value=recommended.guidance_scale, step=0.5, label="Guidance scale")
-                steps = gr.Slider(1, limits.max_steps, value=int(recommended.timesteps), step=1, label="Steps")
+                steps = gr.Slider(1, limits.max_steps, value=step_count(recommended.timesteps), step=1,
+                                  label="Steps")
             with gr.Row():
                 sampler = gr.Dropdown(list(SAMPLERS), value=recommended.sampler, label="Sampler")
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
