@@ -365,10 +365,12 @@ LOSS_WEIGHTINGS = {"eps": None, "min-snr": 5.0, "v": 20.0}  # name -> default pa
 def parse_loss_weighting(value: str) -> tuple[str, float | None]:
     """'eps' -> ('eps', None); 'min-snr[:GAMMA]' and 'v[:MAX]' -> (name, parameter > 0)."""
     kind, _, params = str(value).partition(":")
-    if kind in LOSS_WEIGHTINGS and (kind != "eps" or not params):
-        number = parse_floats(params, "loss_weighting") if params else (LOSS_WEIGHTINGS[kind],)
-        if kind == "eps" or (len(number) == 1 and math.isfinite(number[0]) and number[0] > 0):
-            return kind, None if kind == "eps" else number[0]
+    if kind == "eps" and not params:
+        return kind, None
+    if kind in LOSS_WEIGHTINGS and kind != "eps":
+        numbers = parse_floats(params, "loss_weighting") if params else (LOSS_WEIGHTINGS[kind],)
+        if len(numbers) == 1 and math.isfinite(numbers[0]) and numbers[0] > 0:
+            return kind, numbers[0]
     raise ConfigError(f"--loss-weighting must be 'eps', 'min-snr[:GAMMA]' or 'v[:MAX]' with a finite number > 0, "
                       f"got {value!r}")
 

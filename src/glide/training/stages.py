@@ -81,23 +81,23 @@ def _timesteps(gens: list[torch.Generator], num_timesteps: int, logit_normal: tu
     return (torch.sigmoid(mean + std * z) * num_timesteps).long().clamp_(0, num_timesteps - 1)
 
 
-def loss_weights(diffusion: GaussianDiffusion, t: torch.Tensor, weighting: tuple[str, float | None]) -> torch.Tensor:
-    """Per-sample weights of the noise-prediction MSE at respaced steps ``t`` (``--loss-weighting``).
+def loss_weights(diffusion: GaussianDiffusion, weighting: tuple[str, float | None]) -> torch.Tensor:
+    """The weight of the noise-prediction MSE at each respaced step (``--loss-weighting``), [T].
 
     The plain eps MSE weighs an error in x_0 by SNR(t) = abar / (1 - abar), so the noisiest steps,
     where a caption decides the layout, barely train. ``min-snr:G`` (Hang et al. 2023) caps that at
     G by weighting the MSE min(SNR, G) / SNR; ``v:M`` weights it 1 / abar = (SNR + 1) / SNR, the
     v-prediction loss's weighting, capped at M because abar_T is ~1e-9."""
     kind, parameter = weighting
+    abar = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64)
     if kind == "eps":
-        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-    abar = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64)[t.cpu()]
-    if kind == "min-snr":
+        weights = torch.ones_like(abar)
+    elif kind == "min-snr":
         snr = abar / (1 - abar)
         weights = snr.clamp(max=parameter) / snr
     else:
         weights = (1 / abar).clamp(max=parameter)
-    return weights.float().to(t.device)
+    return weights.float()
 
 
 def _noise(gens: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
@@ -119,7 +119,7 @@ class Stage:
         self.check_model(bare)
         self.diffusion = self.make_diffusion(bare)
         self.logit_normal = parse_timestep_sampling(config.timestep_sampling)
-        self.loss_weighting = parse_loss_weighting(config.loss_weighting)
+        self.mse_weights = loss_weights(self.diffusion, parse_loss_weighting(config.loss_weighting))
 
     def check_model(self, bare: nn.Module) -> None:
         raise NotImplementedError
@@ -224,10 +224,8 @@ class Text2ImStage(Stage):
         terms = self.diffusion.hybrid_losses(output.float(), x_start, x_t, t, noise)
         metrics = {k: v.detach() for k, v in terms.items()}
         metrics["t"] = self.t_fraction(t)
-        if self.loss_weighting[0] == "eps":
-            return terms["loss"].mean(), metrics
-        # the weights apply to the MSE only; vb trains the variance and keeps Improved DDPM's scale
-        weighted = loss_weights(self.diffusion, t, self.loss_weighting) * terms["mse"] + terms["vb"]
+        # the weights (all 1 by default) apply to the MSE only; vb trains the variance at Improved DDPM's scale
+        weighted = self.mse_weights.to(t.device)[t] * terms["mse"] + terms["vb"]
         return weighted.mean(), metrics
 
 
