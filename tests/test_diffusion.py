@@ -13,6 +13,7 @@ from glide.diffusion import (
     get_named_beta_schedule,
     normal_kl,
     space_timesteps,
+    step_count,
 )
 
 from .helpers import load_fixture, load_json
@@ -31,6 +32,18 @@ def test_respacing_accepts_lists():
     assert space_timesteps(1000, [10, 10, 3, 2, 2]) == space_timesteps(1000, "10,10,3,2,2")
     assert space_timesteps(1000, "fast27") != space_timesteps(1000, "10,10,3,2,2")
     assert len(space_timesteps(1000, "fast27")) == 27
+
+
+@pytest.mark.parametrize(("steps", "count"), [(25, 25), ("25", 25), ("trailing10", 10), ("logsnr7", 7),
+                                              ("karras12", 12), ("ddim50", 50), ("fast27", 27), ("10,10,3", 23)])
+def test_step_count_is_the_number_of_steps_sampled(steps, count):
+    assert step_count(steps) == count == len(space_timesteps(1000, str(steps)))
+
+
+@pytest.mark.parametrize("steps", [0, 1001, "trailing0", "sideways10", "", True, 2.5])
+def test_step_count_refuses_what_is_not_a_step_spec(steps):
+    with pytest.raises(ValueError, match="steps|respacing|section"):
+        step_count(steps)
 
 
 def _log_sigma(schedule: str, steps) -> np.ndarray:

@@ -86,6 +86,20 @@ def test_an_image_does_not_depend_on_its_batch(client):
     assert diff.max() <= 2, diff.max()
 
 
+def test_steps_take_a_respacing_and_unset_steps_follow_the_recommendation(client):
+    recommended = client.get("/v1/models").json()["models"][0]
+    assert isinstance(recommended["steps"], str) and recommended["steps"].startswith("trailing"), recommended
+    request = dict(prompt="a small red circle", upsample=False, seed=5)
+    before = health(client)["steps"]
+    unset = client.post("/v1/generate", json=request).json()["images"]
+    spelled = client.post("/v1/generate", json=dict(request, steps=recommended["steps"])).json()["images"]
+    assert unset == spelled  # the default is the model's recommended spacing, not an even one
+    count = int(recommended["steps"].removeprefix("trailing"))
+    assert health(client)["steps"] - before == 2 * count
+    even = client.post("/v1/generate", json=dict(request, steps=count)).json()["images"]
+    assert even != spelled  # same count, other timesteps
+
+
 def test_without_upsampling_images_have_the_base_size(client):
     body = client.post("/v1/generate", json=dict(prompt="a green star", upsample=False, steps=2, seed=0)).json()
     assert pixels(body["images"][0]).shape == (32, 32, 3)
@@ -153,6 +167,9 @@ BAD_GENERATE = [
     (dict(prompt="x", num_images=5), "limit of 4"),
     (dict(prompt="x", steps=401), "limit of 400"),
     (dict(prompt="x", steps=10**9), "steps"),
+    (dict(prompt="x", steps="trailing401"), "limit of 400"),
+    (dict(prompt="x", steps="sideways10"), "steps"),
+    (dict(prompt="x", upsample_steps="trailing0"), "cannot take 0 steps"),
     (dict(prompt="x", guidance_scale=-1), "guidance_scale"),
     (dict(prompt="x", sampler="euler"), "sampler"),
     (dict(prompt="x", seed=-1), "seed"),

@@ -20,7 +20,7 @@ CHROMIUM = os.environ.get("GLIDE_CHROMIUM") or shutil.which("chromium") or shuti
 from glide.serve.api import create_app  # noqa: E402
 from glide.serve.limits import Limits  # noqa: E402
 from glide.serve.models import ModelRegistry  # noqa: E402
-from glide.serve.ui import _brush_mask, mount_ui  # noqa: E402
+from glide.serve.ui import _brush_mask, mount_ui, spacing_of, steps_value  # noqa: E402
 
 from .serving import running_server  # noqa: E402
 
@@ -130,6 +130,13 @@ def wait_for(condition, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_the_spacing_control_round_trips_the_recommended_steps():
+    for recommended in ("trailing10", "logsnr8", "karras12", 25):
+        count = int(str(recommended).lstrip("abcdefghijklmnopqrstuvwxyz"))
+        assert steps_value(spacing_of(recommended), count) == recommended
+    assert spacing_of("fast27") == "even" and spacing_of("ddim50") == "even"
 
 
 def test_with_an_api_key_the_ui_asks_for_it():

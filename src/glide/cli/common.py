@@ -108,11 +108,11 @@ class Steps(Number):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if not isinstance(value, str) or not str(value).strip()[:1].isalpha():  # a number: checked as one
             return super().convert(value, param, ctx)
-        from ..diffusion import space_timesteps
+        from ..diffusion import step_count
 
         flag = param.opts[0] if param else "--steps"
         try:
-            space_timesteps(1000, str(value))  # the count and validity do not depend on the schedule
+            step_count(str(value))
         except ValueError as e:
             raise click.UsageError(f"{flag}: {e}", ctx) from None
         return str(value).strip()

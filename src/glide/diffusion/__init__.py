@@ -6,7 +6,7 @@ from .gaussian import (
     mean_flat,
     normal_kl,
 )
-from .schedule import SCHEDULES, get_named_beta_schedule, respace_betas, space_timesteps
+from .schedule import SCHEDULES, get_named_beta_schedule, respace_betas, space_timesteps, step_count
 
 __all__ = [
     "SCHEDULES",
@@ -17,4 +17,5 @@ __all__ = [
     "normal_kl",
     "respace_betas",
     "space_timesteps",
+    "step_count",
 ]

@@ -98,6 +98,19 @@ def _noise_spacing(kind: str, num_steps: int, count: int, schedule: str) -> set[
     return _distinct_descending(nearest, num_steps)
 
 
+def step_count(steps: int | str, num_steps: int = 1000) -> int:
+    """How many steps a ``--steps`` value samples: a count ``N``, or a respacing such as
+    ``trailing10`` or ``10,10,3,2,2`` (ValueError, saying why, for anything else). The count of a
+    respacing does not depend on the beta schedule."""
+    if isinstance(steps, bool) or not isinstance(steps, int | str):
+        raise ValueError(f"steps must be a count or a respacing such as 'trailing10', got {steps!r}")
+    if isinstance(steps, int):
+        if not 1 <= steps <= num_steps:
+            raise ValueError(f"cannot take {steps} steps of a {num_steps}-step process")
+        return steps
+    return len(space_timesteps(num_steps, steps))
+
+
 def _ddim_steps(num_steps: int, count: int) -> set[int]:
     """The DDIM paper's striding: the smallest integer stride giving exactly ``count`` steps from 0."""
     for stride in range(1, num_steps + 1):

@@ -80,8 +80,8 @@ class ServedModel:
     def recommended(self, kind: str = "generate") -> StageOptions:
         return recommended_stage(self.pipeline(kind).base, DEFAULT_BASE)
 
-    def settings(self, kind: str, *, sampler: str | None, steps: int | None, guidance_scale: float | None,
-                 upsample: bool, upsample_steps: int | None, strength: float | None = None,
+    def settings(self, kind: str, *, sampler: str | None, steps: int | str | None, guidance_scale: float | None,
+                 upsample: bool, upsample_steps: int | str | None, strength: float | None = None,
                  inputs: str | None = None, max_steps: int | None = None) -> Settings:
         """A request's sampling settings: what it gives, the model's recommendation for the rest
         (cut to ``max_steps`` when the recommendation has more)."""

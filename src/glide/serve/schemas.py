@@ -8,14 +8,18 @@ lower limits (``glide serve --max-images ...``) are checked in ``api``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..diffusion import step_count
 from .limits import HARD_MAX_IMAGES, HARD_MAX_STEPS, MAX_PROMPT_CHARS
 
 # glide.sampling.SAMPLERS (a test keeps them equal)
 Sampler = Literal["ddpm", "ddim", "plms", "dpm++2m", "dpm++3m", "dpm++2m-sde"]
+# A step count, or a respacing (glide.diffusion.space_timesteps) that also says where the steps go.
+Steps = (Annotated[int, Field(ge=1, le=HARD_MAX_STEPS)]
+         | Annotated[str, Field(pattern=r"^\s*((ddim|trailing|logsnr|karras)?\d+|\d+(,\d+)+|fast27)\s*$")])
 Base64Png = Field(description="A PNG (or JPEG) image, base64-encoded", min_length=1)
 
 
@@ -30,12 +34,23 @@ class SamplingRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
                                          description="Classifier-free guidance of the base stage (1 = none)")
     sampler: Sampler | None = None
-    steps: int | None = Field(None, ge=1, le=HARD_MAX_STEPS, description="Sampling steps of the base stage")
+    steps: Steps | None = Field(None, description="Sampling steps of the base stage: a count (evenly spaced) "
+                                "or a respacing such as 'trailing10', 'logsnr10', 'karras10'")
     upsample: bool = Field(True, description="Run the upsampler (false: the base model's small images)")
-    upsample_steps: int | None = Field(None, ge=1, le=HARD_MAX_STEPS,
-                                       description="Respaced steps of the upsampler's process (it samples a part)")
+    upsample_steps: Steps | None = Field(None, description="Respaced steps of the upsampler's process (it "
+                                         "samples a part): a count or a respacing, as steps")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Image k uses seed and k; unset: random")
     model: str | None = Field(None, max_length=200, description="A name from GET /v1/models (default: the first)")
+
+    @field_validator("steps", "upsample_steps")
+    @classmethod
+    def _step_spec(cls, steps: int | str | None) -> int | str | None:
+        if steps is None:
+            return None
+        count = step_count(steps)  # ValueError (a 422) saying what is wrong
+        if count > HARD_MAX_STEPS:
+            raise ValueError(f"{count} steps is over the limit of {HARD_MAX_STEPS}")
+        return steps.strip() if isinstance(steps, str) else steps
 
     @field_validator("prompt")
     @classmethod

@@ -7,6 +7,7 @@ import secrets
 
 from PIL import Image
 
+from ..diffusion import step_count
 from .limits import Limits
 from .models import ModelRegistry, ServedModel
 from .schemas import SamplingRequest
@@ -19,9 +20,11 @@ def prepare_job(registry: ModelRegistry, limits: Limits, kind: str, request: Sam
                 ) -> tuple[ServedModel, Job]:
     """The model and the job for ``request`` (``images``: decoded ``image`` and, to inpaint, ``mask``);
     RequestRefused (422/413) naming the field when it is over a limit or inconsistent."""
+    steps = {name: value if value is None else step_count(value)  # validated by the schema
+             for name, value in (("steps", request.steps), ("upsample_steps", request.upsample_steps))}
     for name, value, limit in (("num_images", request.num_images, limits.max_images),
-                               ("steps", request.steps, limits.max_steps),
-                               ("upsample_steps", request.upsample_steps, limits.max_steps)):
+                               ("steps", steps["steps"], limits.max_steps),
+                               ("upsample_steps", steps["upsample_steps"], limits.max_steps)):
         if value is not None and value > limit:
             raise RequestRefused(422, f"{name}: {value} is over this server's limit of {limit}")
     try:

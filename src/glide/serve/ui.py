@@ -16,7 +16,8 @@ from fastapi import FastAPI  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from ..diffusion import space_timesteps  # noqa: E402
+from ..diffusion import step_count  # noqa: E402
+from ..diffusion.schedule import NOISE_SPACINGS  # noqa: E402
 from ..sampling import SAMPLERS  # noqa: E402
 from .schemas import SamplingRequest  # noqa: E402
 from .security import RequestRefused, key_matches  # noqa: E402
@@ -26,6 +27,8 @@ from .worker import Cancelled, QueueFull, SamplingWorker  # noqa: E402
 PROGRESS_POLL_S = 0.2
 GALLERY = dict(columns=4, format="png", height=280, object_fit="contain", preview=False)
 # System fonts: the default theme would have every browser fetch fonts from Google.
+# "even": a plain count (evenly spaced, the noisiest step included); the others prefix the count.
+SPACINGS = ("even", *NOISE_SPACINGS)
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
@@ -39,9 +42,15 @@ def mount_ui(app: FastAPI, path: str = "/", api_key: str | None = None) -> FastA
                                auth_message="Log in with this server's API key as the password (any user name).")
 
 
-def step_count(timesteps: int | str) -> int:
-    """The number of steps of a count or a spacing such as ``trailing10`` (the slider takes counts)."""
-    return timesteps if isinstance(timesteps, int) else len(space_timesteps(1000, timesteps))
+def spacing_of(timesteps: int | str) -> str:
+    """The spacing dropdown's value for a recommended ``timesteps`` (``trailing10`` -> ``trailing``)."""
+    prefix = str(timesteps).rstrip("0123456789")
+    return prefix if prefix in NOISE_SPACINGS else "even"
+
+
+def steps_value(spacing: str, count: int) -> int | str:
+    """What the UI's spacing and steps controls ask for: ``10`` or ``trailing10``."""
+    return int(count) if spacing == "even" else f"{spacing}{int(count)}"
 
 
 def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
@@ -50,7 +59,7 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
                                    upsample_steps=None, max_steps=limits.max_steps).base
 
     def sampling_controls() -> list:
-        """Number of images, guidance, sampler, steps, seed and model: the same in every tab."""
+        """Number of images, guidance, sampler, step spacing and count, seed and model: the same in every tab."""
         with gr.Accordion("Settings", open=True):
             with gr.Row():
                 count = gr.Slider(1, limits.max_images, value=1, step=1, label="Number of images")
@@ -59,9 +68,10 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
                                   label="Steps")
             with gr.Row():
                 sampler = gr.Dropdown(list(SAMPLERS), value=recommended.sampler, label="Sampler")
+                spacing = gr.Dropdown(list(SPACINGS), value=spacing_of(recommended.timesteps), label="Step spacing")
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
                 model = gr.Dropdown(list(registry.models), value=registry.default, label="Model")
-        return [count, guidance, sampler, steps, seed, model]
+        return [count, guidance, sampler, spacing, steps, seed, model]
 
     running: dict[str, set] = {}  # browser session -> its jobs in the worker, for the Stop buttons
 
@@ -69,13 +79,13 @@ def build_ui(worker: SamplingWorker, registry, limits) -> gr.Blocks:
         for job in list(running.get(request.session_hash, ())):
             job.cancel()
 
-    def run(kind: str, browser: gr.Request, prompt: str, count, guidance, sampler, steps, seed, model,
+    def run(kind: str, browser: gr.Request, prompt: str, count, guidance, sampler, spacing, steps, seed, model,
             images: dict | None = None, strength: float | None = None, progress=None) -> Iterator[tuple]:
         """Queue the job, yield nothing new while it samples, then yield (images, seed text). The
         session's Stop button cancels the job, and so does Gradio closing the handler (closed tab)."""
         try:
             sampling = SamplingRequest(prompt=prompt or "", num_images=int(count), guidance_scale=float(guidance),
-                                       sampler=sampler, steps=int(steps), model=model,
+                                       sampler=sampler, steps=steps_value(spacing, steps), model=model,
                                        seed=None if seed is None or seed < 0 else int(seed))
         except ValidationError as e:
             raise gr.Error("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) \
