@@ -252,6 +252,43 @@ def test_shapes_caption_examples_and_rendered_colour():
     assert image.getpixel((32, 16)) == COLOURS["red"] and image.getpixel((2, 60)) == (255, 255, 255)
 
 
+def test_hard_negatives_reverse_one_relation_or_swap_one_attribute():
+    from glide.data import hard_negatives
+
+    caption = "a small red circle above a large blue square"
+    assert hard_negatives(caption) == [
+        "a small red circle below a large blue square",
+        "a small blue circle above a large red square",
+        "a small red square above a large blue circle",
+        "a large red circle above a small blue square",
+    ]
+    ds = CaptionedShapes(R, length=100, seed=1, min_shapes=2, max_shapes=3)
+    for i in range(100):
+        caption = caption_for(ds.scene(i))
+        original = parse_caption(caption)
+        negatives = hard_negatives(caption)
+        if len(original["objects"]) == 1:  # a shape that found no room was dropped
+            assert negatives == []
+            continue
+        assert negatives and caption not in negatives and len(set(negatives)) == len(negatives)
+        for negative in negatives:  # each describes another scene, differing in one relation or one swap
+            parsed = parse_caption(negative)
+            changed_relations = sum(a != b for a, b in zip(parsed["relations"], original["relations"], strict=True))
+            changed_objects = sum(a != b for a, b in zip(parsed["objects"], original["objects"], strict=True))
+            assert (changed_relations, changed_objects) in ((1, 0), (0, 2)), (caption, negative)
+            if changed_objects:  # a swap keeps the bag of words
+                assert sorted(negative.split()) == sorted(caption.split()) or "the" in caption
+    assert hard_negatives("a large red circle") == []
+    assert hard_negatives("a photo of a cat") == []
+    # a swap that would make two objects alike (two blue circles) is skipped
+    three = "a small red circle above a large blue square, and a small blue circle below the blue square"
+    assert "a small blue circle above a large red square, and a small blue circle below the red square" \
+        not in hard_negatives(three)
+    assert "a small red square above a large blue circle, and a small blue circle below the blue circle" \
+        not in hard_negatives(three)
+    assert len(hard_negatives(three)) == 2 + 1 + 2  # relations; sizes of 0-1; shapes, sizes of 1-2 (same colour)
+
+
 # ---------------------------------------------------------------------------- masks
 
 

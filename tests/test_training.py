@@ -608,6 +608,27 @@ def test_clean_timestep_sampling_trains_a_clip_on_clean_images(tmp_path):
     assert torch.allclose(x_t, stage.diffusion.q_sample(x, t, torch.zeros_like(x)), atol=0.05)
 
 
+def test_hard_negatives_join_the_clip_loss_as_extra_texts(tmp_path):
+    from glide.models import build_model, preset_config
+    from glide.training.stages import make_stage
+
+    captions = ["a small red circle above a large blue square", "a small red circle below a large blue square",
+                "a large green star"]
+    batch = {"image": torch.rand(3, 3, 32, 32) * 2 - 1, "caption": captions}
+    model = build_model(preset_config("tiny-clip"))
+    losses = {}
+    for flag in (False, True):
+        cfg = TrainConfig(out=str(tmp_path / f"run{flag}"), stage="clip", model="tiny-clip", hard_negatives=flag)
+        loss, metrics = make_stage(cfg, model).loss(model, model, batch, [1, 2, 3])
+        losses[flag] = metrics["loss"]
+    # more texts to tell apart: the two-object images' losses rise; the star has no negatives of its
+    # own, and the first two captions' negatives that equal the other's caption are masked for it
+    assert (losses[True][:2] > losses[False][:2]).all()
+    assert torch.isfinite(losses[True]).all()
+    with pytest.raises(ConfigError, match="--hard-negatives trains a CLIP"):
+        TrainConfig(out=str(tmp_path / "run"), stage="base", hard_negatives=True)
+
+
 @pytest.mark.parametrize("value", ["beta", "logit-normal:0", "logit-normal:0,0", "logit-normal:0,nan", "uniform:1"])
 def test_bad_timestep_sampling_is_refused(tmp_path, value):
     with pytest.raises(ConfigError, match="--timestep-sampling must be"):

@@ -25,6 +25,7 @@ from glide.data.shapes import (
     SHAPES,
     CaptionedShapes,
     caption_for,
+    hard_negatives,
     heldout_captions,
     parse_caption,
 )
@@ -36,7 +37,7 @@ __all__ = [
     "COLOURS", "HELD_OUT_OBJECTS", "IMAGE_EXTENSIONS", "NUM_CLASSES", "SHAPES",
     "CaptionTableDataset", "CaptionedShapes", "DataStats", "EmojiDataset", "ImageFolderDataset",
     "ImageTransform", "WebDatasetSource",
-    "build_dataset", "caption_for", "clean_caption", "collate", "find_emoji_font", "heldout_captions",
+    "build_dataset", "caption_for", "clean_caption", "collate", "find_emoji_font", "hard_negatives", "heldout_captions",
     "is_webdataset_spec",
     "load_image", "make_low_res", "parse_caption", "random_mask", "random_masks",
 ]

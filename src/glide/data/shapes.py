@@ -103,15 +103,50 @@ def caption_for(attributes: list[dict[str, Any]]) -> str:
     """The caption of a scene, following the grammar in the module docstring."""
     if not attributes:
         raise ValueError("caption_for needs at least one shape")
-    if len(attributes) == 1:
-        return _noun_phrase(attributes[0])
-    first, second = attributes[0], attributes[1]
-    clauses = [f"{_noun_phrase(first)} {relation(first, second)} {_noun_phrase(second)}"]
-    for prev, cur in zip(attributes[1:], attributes[2:], strict=False):
-        clauses.append(f"{_noun_phrase(cur)} {relation(cur, prev)} {_reference(prev)}")
+    relations = [relation(attributes[0], attributes[1])] if len(attributes) > 1 else []
+    relations += [relation(cur, prev) for prev, cur in zip(attributes[1:], attributes[2:], strict=False)]
+    return _render(attributes, relations)
+
+
+def _render(objects: list[dict[str, Any]], relations: list[str]) -> str:
+    """The grammar's text for ``objects`` where relation k links object k + 1 to object k (the
+    first reads "object 0 is <rel> object 1", the others "object k + 1 is <rel> object k")."""
+    if len(objects) == 1:
+        return _noun_phrase(objects[0])
+    first, second = objects[0], objects[1]
+    clauses = [f"{_noun_phrase(first)} {relations[0]} {_noun_phrase(second)}"]
+    for prev, cur, rel in zip(objects[1:-1], objects[2:], relations[1:], strict=True):
+        clauses.append(f"{_noun_phrase(cur)} {rel} {_reference(prev)}")
     if len(clauses) == 1:
         return clauses[0]
     return ", ".join(clauses[:-1]) + ", and " + clauses[-1]
+
+
+OPPOSITE: dict[str, str] = {"above": "below", "below": "above",
+                            "to the left of": "to the right of", "to the right of": "to the left of"}
+
+
+def hard_negatives(caption: str) -> list[str]:
+    """Captions with the same words as ``caption`` that describe another scene: each relation
+    reversed, and the colours, shapes or sizes of two neighbouring objects swapped. A model that
+    reads a caption as a bag of words cannot tell them apart (``[]`` for one object, or for a
+    caption outside the grammar)."""
+    try:
+        parsed = parse_caption(caption)
+    except ValueError:
+        return []
+    objects, relations = parsed["objects"], [rel for _, rel, _ in parsed["relations"]]
+    original = _render(objects, relations)
+    found: list[str] = []
+    for k in range(len(relations)):
+        found.append(_render(objects, [*relations[:k], OPPOSITE[relations[k]], *relations[k + 1:]]))
+    for k in range(len(objects) - 1):
+        for attribute in ("colour", "shape", "size"):
+            swapped = [dict(o) for o in objects]
+            swapped[k][attribute], swapped[k + 1][attribute] = objects[k + 1][attribute], objects[k][attribute]
+            if len({(o["shape"], o["colour"]) for o in swapped}) == len(swapped):  # still unambiguous
+                found.append(_render(swapped, relations))
+    return [text for text in dict.fromkeys(found) if text != original]
 
 
 _ALT = lambda words: "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))

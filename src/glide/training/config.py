@@ -116,6 +116,10 @@ class TrainConfig:
         "how training draws t: 'uniform', or 'logit-normal[:MEAN,STD]' (t/T = sigmoid(N(MEAN, STD)), "
         "default 0,1), which trains the middle noise levels, where captions decide the picture, more often; "
         "'clean': always t = 0 (a CLIP or classifier of clean images, to compare with a noised one)"))
+    hard_negatives: bool = field(default=False, metadata=_help(
+        "CLIP stage: also contrast each image with its caption's hard negatives (shapes captions: each "
+        "relation reversed, colours / shapes / sizes of two objects swapped), so it cannot read a caption "
+        "as a bag of words"))
     loss_weighting: str = field(default="eps", metadata=_help(
         "weight of each sample's noise-prediction MSE: 'eps' (none, the official loss), 'min-snr[:GAMMA]' "
         "(min(SNR, GAMMA) / SNR, default 5: less weight on the least noisy steps) or 'v[:MAX]' (the "
@@ -202,6 +206,8 @@ class TrainConfig:
         if self.sample_strength < 1 and not self.stage.startswith("upsample"):
             raise ConfigError(f"--sample-strength {self.sample_strength:g} starts an upsampler's grids from its "
                               f"low-res input; --stage {self.stage} has none (use 1)")
+        if self.hard_negatives and self.stage != "clip":
+            raise ConfigError(f"--hard-negatives trains a CLIP (--stage clip), not --stage {self.stage}")
         if self.probe_every and self.stage != "base":
             raise ConfigError(
                 f"--probe-every probes a text-to-image base model (--stage base), not --stage {self.stage}")

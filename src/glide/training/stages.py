@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import make_low_res, random_mask
+from ..data import hard_negatives, make_low_res, random_mask
 from ..diffusion import GaussianDiffusion
 from .config import (
     CLEAN_TIMESTEPS,
@@ -250,13 +250,18 @@ class ClipStage(Stage):
         gens = generators(seeds)
         x_start = self.flip(batch["image"].to(device, non_blocking=True), gens)
         t, _, x_t = self.noised(x_start, gens)
-        tokens, lens = bare.tokenize(list(batch["caption"]))
+        captions = list(batch["caption"])
+        negatives = [n for c in captions for n in hard_negatives(c)] if self.config.hard_negatives else []
+        tokens, lens = bare.tokenize(captions + negatives)
         with autocast():
-            logits = model(x_t, t, tokens, lens)
+            logits = model(x_t, t, tokens, lens)  # [B images, B captions + negatives]
         logits = logits.float()
+        if negatives:  # a negative that is another image's own caption is not a negative for that image
+            own = torch.tensor([[n == c for n in negatives] for c in captions], device=device)
+            logits = torch.cat([logits[:, :len(captions)], logits[:, len(captions):].masked_fill(own, -torch.inf)], 1)
         target = torch.arange(logits.shape[0], device=device)
         per_image = F.cross_entropy(logits, target, reduction="none")
-        per_text = F.cross_entropy(logits.t(), target, reduction="none")
+        per_text = F.cross_entropy(logits[:, :len(captions)].t(), target, reduction="none")
         per_sample = (per_image + per_text) / 2
         accuracy = (logits.argmax(dim=1) == target).float()
         return per_sample.mean(), {"loss": per_sample.detach(), "accuracy": accuracy, "t": self.t_fraction(t)}
