@@ -570,6 +570,46 @@ def test_inpainting_from_a_plain_model_computes_the_same_until_trained(preset):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["tiny-base", "tiny-upsample"])
+def test_coordinate_channels_start_at_zero_and_then_tell_rows_apart(preset):
+    """--model-overrides coord_channels=true on an --init model: the same outputs until trained;
+    the two channels are each pixel's row and column, after any inpainting channels."""
+    from glide.models.text2im import coordinate_maps
+    from glide.training.build import inpainting_from, with_coordinates
+
+    plain = create_model(preset_config(preset, image_size=16, text_ctx=24), 0).eval()
+    located = with_coordinates(plain).eval()
+    assert located.config == plain.config.replace(coord_channels=True)
+    assert located.config.in_channels == plain.config.in_channels + 2
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.zeros(1, 3, 16, 16), torch.tensor([500])
+    tokens, mask = plain.tokenize(["a red circle"])
+    extra = {"low_res": torch.zeros(1, 3, 4, 4)} if plain.config.super_res else {}
+    with torch.no_grad():
+        torch.testing.assert_close(located(x, t, tokens, mask, **extra), plain(x, t, tokens, mask, **extra))
+        for p in located.parameters():  # as if trained: the zero-initialised layers, then the coordinates
+            if not p.any():
+                p.normal_(std=0.1, generator=g)
+        blind = located(x, t, tokens, mask, **extra)
+        located.input_blocks[0][0].weight[:, -2:].normal_(generator=g)
+        out = located(x, t, tokens, mask, **extra)
+    assert (out - blind).abs().mean() > 1e-3  # the coordinates reach the output
+    assert torch.equal(located.build_input(x, **extra)[:, -2:], coordinate_maps(x))
+    grid = coordinate_maps(x)
+    assert grid.shape == (1, 2, 16, 16) and grid[0, 0, 0, 5] == -1 and grid[0, 0, -1, 5] == 1
+    assert grid[0, 1, 5, 0] == -1 and grid[0, 1, 5, -1] == 1
+    wide = inpainting_from(located)  # the inpainting channels go before the coordinates
+    assert wide.config.coord_channels and wide.config.inpaint
+    assert torch.equal(wide.input_blocks[0][0].weight[:, -2:], located.input_blocks[0][0].weight[:, -2:])
+
+
+def test_a_base_run_gains_coordinate_channels_with_init_and_overrides(tmp_path):
+    base = train(tiny(tmp_path / "base", steps=1))
+    run = train(tiny(tmp_path / "located", model=None, init=str(base), tokenizer=None,
+                     model_overrides={"coord_channels": True}, steps=1))
+    assert load_model(run).config.coord_channels and not load_model(base).config.coord_channels
+
+
 def test_inpaint_stage_fine_tunes_from_a_plain_base_run(tmp_path):
     base = train(tiny(tmp_path / "base", steps=1))
     run = train(tiny(tmp_path / "inpaint", stage="inpaint", model=None, init=str(base), tokenizer=None,

@@ -62,6 +62,10 @@ class Text2ImConfig(ModelConfig):
     norm_groups: int = 32  # GroupNorm groups; keep >= 2 channels per group (see unet.normalization)
     super_res: bool = False
     inpaint: bool = False
+    # Not in GLIDE: two extra input channels holding each pixel's (y, x) in [-1, 1]. A small
+    # convolutional U-Net cannot otherwise tell the top of the image from the bottom away from its
+    # borders, which a caption such as "a red circle above a blue square" needs.
+    coord_channels: bool = False
     n_vocab: int = 50257
     learn_sigma: bool = True
     noise_schedule: str = "squaredcos_cap_v2"
@@ -97,7 +101,7 @@ class Text2ImConfig(ModelConfig):
 
     @property
     def in_channels(self) -> int:
-        return 3 + (3 if self.super_res else 0) + (4 if self.inpaint else 0)
+        return 3 + (3 if self.super_res else 0) + (4 if self.inpaint else 0) + (2 if self.coord_channels else 0)
 
     @property
     def out_channels(self) -> int:
@@ -110,6 +114,15 @@ class Text2ImConfig(ModelConfig):
     def describe(self) -> str:
         kind = ("upsampler" if self.super_res else "base") + (", inpainting" if self.inpaint else "")
         return f"{kind}, {self.image_size} px, {self.num_channels} channels"
+
+
+def coordinate_maps(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, H, W]``: each pixel's row and column as -1 (top / left) .. 1, like ``x``'s dtype."""
+    batch, _, height, width = x.shape
+    rows = torch.linspace(-1, 1, height, device=x.device, dtype=x.dtype)
+    cols = torch.linspace(-1, 1, width, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+    return grid.expand(batch, -1, -1, -1)
 
 
 class TextEmbedding(NamedTuple):
@@ -284,6 +297,8 @@ class Text2ImUNet(UNetBackbone):
             if low_res.dim() != 4 or low_res.shape[1] != 3 or low_res.shape[0] != x.shape[0]:
                 raise ValueError(f"low_res must be [{x.shape[0]}, 3, h, w], got {tuple(low_res.shape)}")
             parts.append(F.interpolate(low_res, x.shape[2:], mode="bilinear", align_corners=False))
+        if c.coord_channels:
+            parts.append(coordinate_maps(x))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
     def forward(

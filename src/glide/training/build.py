@@ -125,6 +125,8 @@ def load_init(spec: str, cfg: TrainConfig) -> nn.Module:
     if cfg.stage in INPAINT_STAGES and getattr(model.config, "inpaint", True) is False:
         model = inpainting_from(model)  # GLIDE fine-tunes its inpainting models from the plain ones
     overrides = cfg.size_overrides()
+    if overrides.get("coord_channels") and getattr(model.config, "coord_channels", True) is False:
+        model = with_coordinates(model)
     if overrides:  # e.g. another resolution or dropout; shapes must still fit the weights
         config = model.config.to_dict()
         try:
@@ -142,14 +144,26 @@ _FIRST_CONV = "input_blocks.0.0.weight"
 
 def inpainting_from(model: nn.Module) -> nn.Module:
     """The inpainting variant of a text-to-image model with its weights. The first conv's four new
-    input channels (masked image, mask; they follow x_t, before an upsampler's low-res channels)
-    start at zero, so the new model computes what ``model`` does until it learns to use them."""
-    wide = build_model(model.config.replace(inpaint=True))
+    input channels (masked image, mask) follow x_t, before an upsampler's low-res channels."""
+    return _widened(model, model.config.replace(inpaint=True), keep=3, move_to=7)
+
+
+def with_coordinates(model: nn.Module) -> nn.Module:
+    """``model`` with its two coordinate input channels (``coord_channels``, the last ones) added."""
+    return _widened(model, model.config.replace(coord_channels=True), keep=model.config.in_channels, move_to=None)
+
+
+def _widened(model: nn.Module, config, keep: int, move_to: int | None) -> nn.Module:
+    """A model of ``config``, which has more input channels, with ``model``'s weights: its first
+    ``keep`` input channels stay in place, the rest move to ``move_to``, and the new ones start at
+    zero, so the new model computes what ``model`` does until it learns to use them."""
+    wide = build_model(config)
     state = model.state_dict()
     old = state[_FIRST_CONV]
     first = torch.zeros_like(wide.state_dict()[_FIRST_CONV])
-    first[:, :3] = old[:, :3]  # x_t
-    first[:, 7:] = old[:, 3:]  # an upsampler's low-res input (none for a base)
+    first[:, :keep] = old[:, :keep]
+    if move_to is not None:
+        first[:, move_to:move_to + old.shape[1] - keep] = old[:, keep:]
     load_weights(wide, {**state, _FIRST_CONV: first})
     return wide.train(model.training)
 
