@@ -39,7 +39,7 @@ Tensor = torch.Tensor
 # Options of the official model_and_diffusion_defaults() that are not Text2ImConfig fields.
 _RUNTIME_OPTIONS = dict(timestep_respacing="", use_fp16=True, cache_text_emb=False)
 # Text2ImConfig fields the official options do not have (glide additions).
-_GLIDE_ONLY_FIELDS = ("n_vocab", "learn_sigma", "tokenizer", "model_type", "norm_groups")
+_GLIDE_ONLY_FIELDS = ("n_vocab", "learn_sigma", "tokenizer", "model_type", "norm_groups", "coord_channels")
 
 
 def _official_options(preset: str) -> dict[str, Any]:
