@@ -127,10 +127,10 @@ OPPOSITE: dict[str, str] = {"above": "below", "below": "above",
 
 
 def hard_negatives(caption: str) -> list[str]:
-    """Captions with the same words as ``caption`` that describe another scene: each relation
-    reversed, and the colours, shapes or sizes of two neighbouring objects swapped. A model that
-    reads a caption as a bag of words cannot tell them apart (``[]`` for one object, or for a
-    caption outside the grammar)."""
+    """Captions one edit away from ``caption`` that describe another scene: each relation reversed,
+    and the colours, shapes or sizes of two neighbouring objects swapped (same words, other
+    bindings). A model that reads a caption as a bag of words cannot tell the swaps apart (``[]``
+    for one object, or for a caption outside the grammar)."""
     try:
         parsed = parse_caption(caption)
     except ValueError:
