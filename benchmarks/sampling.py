@@ -51,7 +51,7 @@ import torch
 
 from glide.diffusion import GaussianDiffusion
 from glide.guidance import text2im_denoiser
-from glide.models import build_preset
+from glide.models import build_preset, use_winograd
 from glide.models.text2im import TransformerAttention
 from glide.models.unet import AttentionBlock
 from glide.pipelines import DEFAULT_BASE, DEFAULT_UPSAMPLE, NOTEBOOK_BASE, NOTEBOOK_UPSAMPLE, RECIPES, stage_diffusion
@@ -157,6 +157,7 @@ def step_benchmark(args, device) -> dict:
         eps_c, eps_u = out[:1, :3], out[1:, :3]
         return torch.cat([eps_u + 3.0 * (eps_c - eps_u), out[:1, 3:]], dim=1)
 
+    on_cpu = torch.device(device).type == "cpu"
     with torch.no_grad():
         ours32 = text2im_denoiser(base, tokens, mask, 3.0)
         ours16 = text2im_denoiser(base_half, tokens, mask, 3.0)
@@ -165,6 +166,9 @@ def step_benchmark(args, device) -> dict:
             "ours fp32 (sdpa, text once)": lambda: ours32(x, t),
             f"ours {str(half).split('.')[-1]} (sdpa, text once)": lambda: ours16(x, t),
         }
+        if on_cpu:  # what the CLI runs for fp32 on a CPU
+            wino = text2im_denoiser(winograd_copy(base, device), tokens, mask, 3.0)
+            variants[WINOGRAD] = lambda: wino(x, t)
         ref = baseline_step()
         outputs = {name: fn() for name, fn in variants.items()}  # warm-up, and outputs to compare
         times = {name: [] for name in variants}
@@ -193,6 +197,10 @@ def step_benchmark(args, device) -> dict:
         d16 = text2im_denoiser(up_half, tokens, mask, 1.0, low_res=low_res)
         half_name = str(half).split(".")[-1]
         up_variants = {"upsampler fp32": lambda: d32(x_up, t), f"upsampler {half_name}": lambda: d16(x_up, t)}
+        if on_cpu:
+            d_wino = text2im_denoiser(winograd_copy(up, device), tokens, mask, 1.0, low_res=low_res)
+            up_variants["upsampler fp32 + winograd"] = lambda: d_wino(x_up, t)
+            reference = d32(x_up, t)
         for fn in up_variants.values():
             fn()
         up_times = {name: [] for name in up_variants}
@@ -201,7 +209,23 @@ def step_benchmark(args, device) -> dict:
                 up_times[name].append(timed(fn, device))
     for name in up_variants:
         rows[name] = dict(seconds_per_step=statistics.median(up_times[name]))
+    if on_cpu:
+        row = rows["upsampler fp32 + winograd"]
+        row["ratio_to_fp32"] = row["seconds_per_step"] / rows["upsampler fp32"]["seconds_per_step"]
+        with torch.no_grad():
+            row["max_abs_diff_vs_fp32"] = float((d_wino(x_up, t) - reference).abs().max())
     return dict(steps=rows, text_encoding_seconds=text_time, half=str(half).split(".")[-1])
+
+
+WINOGRAD = "ours fp32 + winograd (sdpa, text once)"
+
+
+def winograd_copy(model, device):
+    """A copy of ``model`` whose 3x3 convolutions run as Winograd F(4x4, 3x3), as the CLI does in fp32."""
+    copy = build_preset_like(model)
+    copy.load_state_dict(model.state_dict())
+    use_winograd(copy)
+    return copy.to(device).eval()
 
 
 def recipe_steps(stage) -> int:
@@ -222,7 +246,9 @@ def project_e2e(step_rows: dict, text_time: float, half: str) -> dict:
                                                                     seconds=notebook)}
     for name, (base, up) in OUR_RECIPES.items():
         n_base, n_up = recipe_steps(base), recipe_steps(up)
-        for precision in ("fp32", half):
+        for precision in ("fp32", half, "fp32 + winograd"):
+            if f"upsampler {precision}" not in s:
+                continue
             seconds = text_time + n_base * s[f"ours {precision} (sdpa, text once)"] + n_up * s[f"upsampler {precision}"]
             rows[f"{name} recipe {precision}"] = dict(base_steps=n_base, upsample_steps=n_up, seconds=seconds,
                                                       speedup_vs_notebook=notebook / seconds)
@@ -230,7 +256,7 @@ def project_e2e(step_rows: dict, text_time: float, half: str) -> dict:
     return rows
 
 
-def e2e_real(device, recipe: str, dtype: torch.dtype = torch.float32) -> dict:
+def e2e_real(device, recipe: str, dtype: torch.dtype = torch.float32, winograd: bool = False) -> dict:
     """Run text -> 256 px end to end, once: one of ``OUR_RECIPES`` through the pipeline (models in
     ``dtype``), or (``"notebook"``) the official notebook's procedure with the baseline
     implementation: the guided model function re-encoding the doubled captions every step,
@@ -244,12 +270,14 @@ def e2e_real(device, recipe: str, dtype: torch.dtype = torch.float32) -> dict:
     if recipe != "notebook":
         base_stage, up_stage = OUR_RECIPES[recipe]
         pipe = Text2ImagePipeline(to_precision(base, dtype), to_precision(up, dtype))
+        if winograd:
+            use_winograd(base), use_winograd(up)
         out = pipe(prompt, seed=0, base=base_stage, upsample=up_stage, progress=True)
         return dict(seconds=time.perf_counter() - start, size=list(out.samples.shape),
                     recipe=f"{base_stage.sampler} {base_stage.timesteps} + {up_stage.sampler} {up_stage.timesteps} "
                            f"(strength {up_stage.strength})", model_calls=[recipe_steps(base_stage),
                                                                             recipe_steps(up_stage)],
-                    dtype=str(dtype).removeprefix("torch."))
+                    dtype=str(dtype).removeprefix("torch."), winograd=winograd)
     gen = torch.Generator().manual_seed(0)
     tokens, mask = base.tokenize([prompt])
     pad = torch.full_like(tokens, base.config.n_vocab - 1), torch.zeros_like(mask)
@@ -416,6 +444,8 @@ def main():
         measured = {}
         for recipe in OUR_RECIPES:
             measured[f"{recipe} recipe fp32"] = e2e_real(args.device, recipe)
+            if torch.device(args.device).type == "cpu":  # the CLI's fp32 on a CPU
+                measured[f"{recipe} recipe fp32 + winograd"] = e2e_real(args.device, recipe, winograd=True)
             if dtype != torch.float32:
                 measured[f"{recipe} recipe {str(dtype).removeprefix('torch.')} ({why})"] = e2e_real(
                     args.device, recipe, dtype=dtype)

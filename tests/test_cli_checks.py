@@ -215,6 +215,8 @@ def test_dtype_auto_picks_bf16_only_where_the_probe_found_it_faster(tmp_path, mo
                  "--seed", "1", "-o", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
     assert f"dtype: {expected} (auto: bf16 ran {speedup:.2f}x the fp32 speed" in result.output
+    # a large model left in fp32 on a CPU runs its 3x3 convolutions as Winograd; in bf16 it does not
+    assert ("convolutions: Winograd" in result.output) == (expected == "float32")
     assert (tmp_path / "grid-1.png").is_file()
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from .config import ModelConfig
 from .presets import PRESETS, Preset, get_preset, preset_config, preset_names
 from .text2im import Text2ImConfig, Text2ImUNet, TextEmbedding
+from .winograd import use_winograd
 
 
 def _lookup(model_type: Any) -> tuple[type[ModelConfig], type[nn.Module]]:
@@ -56,5 +57,5 @@ def build_preset(name: str, **overrides: Any) -> nn.Module:
 
 __all__ = [
     "PRESETS", "ModelConfig", "Preset", "Text2ImConfig", "Text2ImUNet", "TextEmbedding", "build_model",
-    "build_preset", "config_from_dict", "get_preset", "preset_config", "preset_names",
+    "build_preset", "config_from_dict", "get_preset", "preset_config", "preset_names", "use_winograd",
 ]
