@@ -18,7 +18,7 @@ from glide.checkpoints import save_model
 from glide.cli.common import command_body
 from glide.models import build_model, preset_config
 
-from .helpers import assert_clean_error, one_torch_thread  # noqa: F401 (a fixture)
+from .helpers import assert_clean_error, one_torch_thread, png_pixels  # noqa: F401 (a fixture)
 from .helpers import run_cli as run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -218,6 +218,24 @@ def test_dtype_auto_picks_bf16_only_where_the_probe_found_it_faster(tmp_path, mo
     # a large model left in fp32 on a CPU runs its 3x3 convolutions as Winograd; in bf16 it does not
     assert ("convolutions: Winograd" in result.output) == (expected == "float32")
     assert (tmp_path / "grid-1.png").is_file()
+
+
+def test_no_winograd_keeps_the_direct_convolutions(tmp_path, monkeypatch, one_torch_thread):  # noqa: F811
+    import glide.cli.prepare as prepare
+    from glide import devices
+
+    monkeypatch.setattr(prepare, "SMALL_MODEL_PARAMS", 1000)
+    monkeypatch.setattr(devices, "bf16_speedup", lambda: 0.6)  # fp32 stays
+    outputs = {}
+    for flag in ("--winograd", "--no-winograd"):
+        out = tmp_path / flag
+        result = run("sample", "a red circle", "--model", "random:tiny-base", "--upsampler", "none", "--steps",
+                     "2", "--seed", "1", "-o", str(out), "--no-progress", flag)
+        assert result.exit_code == 0, result.output
+        assert ("convolutions: Winograd" in result.output) == (flag == "--winograd")
+        outputs[flag] = png_pixels(out / "grid-1.png").astype(int)
+    # the same picture up to rounding: 8-bit pixels move by at most one level
+    assert np.abs(outputs["--winograd"] - outputs["--no-winograd"]).max() <= 1
 
 
 def test_steps_take_a_spacing_by_noise_level(tmp_path, one_torch_thread):  # noqa: F811

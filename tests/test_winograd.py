@@ -44,11 +44,11 @@ def test_layer_uses_winograd_only_for_fp32_cpu_inference_on_8px_and_up():
     direct = nn.Conv2d(5, 7, 3, padding=1)
     direct.load_state_dict(conv.state_dict())
     assert use_winograd(conv) == 1 and isinstance(conv, WinogradConv2d)
-    x = torch.randn(2, 5, 12, 12)
+    x = torch.randn(2, 5, 16, 16)
     with torch.no_grad():
         fast, exact = conv(x), direct(x)
         assert not torch.equal(fast, exact) and torch.allclose(fast, exact, atol=1e-5)
-        small = torch.randn(2, 5, 7, 7)  # under 8 px the direct path runs
+        small = torch.randn(2, 5, 15, 15)  # under MIN_SIZE (16 px) the direct path runs
         assert torch.equal(conv(small), direct(small))
         half = x.bfloat16()
         conv.bfloat16(), direct.bfloat16()
@@ -63,7 +63,7 @@ def test_layer_uses_winograd_only_for_fp32_cpu_inference_on_8px_and_up():
 def test_new_weights_are_transformed_again():
     conv = _conv()
     use_winograd(conv)
-    x = torch.randn(1, 5, 8, 8)
+    x = torch.randn(1, 5, 16, 16)
     with torch.no_grad():
         before = conv(x)
         conv.weight.mul_(2)  # in place, as load_state_dict does

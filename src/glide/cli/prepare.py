@@ -183,8 +183,9 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
             to_precision(model, dtype)
         why = f" ({why})"
     log(f"device: {device}, dtype: {str(dtype).removeprefix('torch.')}{why}")
-    if fast_convolutions(loaded.values(), device, dtype):
-        log("convolutions: Winograd F(4x4, 3x3) (fp32 on a CPU; a step's output moves by under 1e-4)")
+    if options["winograd"] and fast_convolutions(loaded.values(), device, dtype):
+        log("convolutions: Winograd F(4x4, 3x3) (fp32 on a CPU; outputs move by under 1e-4; --no-winograd: "
+            "the direct ones, with less memory)")
     random = models.random + ((f"--classifier {classifier_spec.given}",) if classifier_spec and
                               classifier_spec.is_random else ())
     if random:
@@ -206,8 +207,9 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
 
 
 def fast_convolutions(models, device, dtype) -> bool:
-    """Large models in fp32 on a CPU run their 3x3 convolutions as Winograd F(4x4, 3x3): 0.67x the
-    step time of the official-size base (benchmarks/profile_step.py). Small models stay exact."""
+    """Large models in fp32 on a CPU run their 3x3 convolutions as Winograd F(4x4, 3x3) (0.7x the
+    step time of the official base, benchmarks/sampling.py); returns whether any did. Small models
+    stay exact: they gain little, and the bundled ones' outputs do not move."""
     import torch
 
     from ..models.winograd import use_winograd
