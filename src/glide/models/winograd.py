@@ -4,10 +4,11 @@ A 3x3 convolution computes each 4x4 block of outputs from a 6x6 block of inputs 
 multiplications per (input, output) channel pair instead of 144 (Lavin & Gray, 2015, "Fast
 Algorithms for Convolutional Neural Networks"). On the official-size models the convolutions are
 84% of a step and already run at the CPU's peak rate, so doing less arithmetic is what is left:
-measured on a 2-core AMD EPYC, a base step took 0.67x the time (``benchmarks/profile_step.py``).
-The price is rounding: each layer's output moves by up to ~1e-4 of its scale (the transforms
-multiply by up to 5 and 8), a full base step's eps by at most 5e-5. Hence only for float32 and only
-where :func:`use_winograd` is asked for (the CLI does it for large models on a CPU in fp32).
+measured on a 2-core AMD EPYC, a base step took 0.68x the time (``benchmarks/sampling.py``). The
+price is rounding and memory: a layer's output moves by up to ~1e-4 of its scale (the transforms
+multiply by up to 5 and 8), a full base step's eps by under 5e-5, and the transformed weights take
+4x the layers' weights. Hence only for float32 and only where :func:`use_winograd` is asked for
+(the CLI does it for large models in fp32 on a CPU; ``--no-winograd`` turns it off).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _INPUT = _kron(_BT)  # [36, 36]
 _FILTER = _kron(_G)  # [36, 9]
 _OUTPUT = _kron(_AT)  # [16, 36]
 # Work on bands of tile rows whose transformed inputs stay in the cache (measured: at 256 px the
-# unbanded transforms made the layer 1.1x slower than the direct convolution, banded 0.8x).
+# unbanded transforms made the layer 1.5x slower than the direct convolution, banded 0.8x).
 _BAND_ELEMENTS = 1 << 16
 
 
