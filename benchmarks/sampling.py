@@ -84,10 +84,16 @@ def build(name: str, device, seed: int = 0):
 
 
 def half_copy(model, dtype, device):
-    copy = build_preset_like(model)
-    copy.load_state_dict(model.state_dict())
+    copy = weights_copy(model)
     copy.convert_to_half(dtype)
     return copy.to(device).eval()
+
+
+def weights_copy(model):
+    """A second model of ``model``'s preset with its weights (to change without touching ``model``)."""
+    copy = build_preset_like(model)
+    copy.load_state_dict(model.state_dict())
+    return copy
 
 
 def build_preset_like(model):
@@ -222,8 +228,7 @@ WINOGRAD = "ours fp32 + winograd (sdpa, text once)"
 
 def winograd_copy(model, device):
     """A copy of ``model`` whose 3x3 convolutions run as Winograd F(4x4, 3x3), as the CLI does in fp32."""
-    copy = build_preset_like(model)
-    copy.load_state_dict(model.state_dict())
+    copy = weights_copy(model)
     use_winograd(copy)
     return copy.to(device).eval()
 

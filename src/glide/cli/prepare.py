@@ -176,14 +176,14 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
                   progress=options["progress"])
     set_threads(options["threads"], loaded.values(), device)  # before the probe: it measures at this count
     why = ""
+    params = sum(p.numel() for m in loaded.values() for p in m.parameters())
     if decide_later:
-        dtype, why = auto_dtype(device, sum(p.numel() for m in loaded.values() for p in m.parameters()),
-                                SMALL_MODEL_PARAMS)
+        dtype, why = auto_dtype(device, params, SMALL_MODEL_PARAMS)
         for model in loaded.values():
             to_precision(model, dtype)
         why = f" ({why})"
     log(f"device: {device}, dtype: {str(dtype).removeprefix('torch.')}{why}")
-    if options["winograd"] and fast_convolutions(loaded.values(), device, dtype):
+    if options["winograd"] and fast_convolutions(loaded.values(), params, device, dtype):
         log("convolutions: Winograd F(4x4, 3x3) (fp32 on a CPU; outputs move by under 1e-4; --no-winograd: "
             "the direct ones, with less memory)")
     random = models.random + ((f"--classifier {classifier_spec.given}",) if classifier_spec and
@@ -206,17 +206,16 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
     return run
 
 
-def fast_convolutions(models, device, dtype) -> bool:
+def fast_convolutions(models, params: int, device, dtype) -> bool:
     """Large models in fp32 on a CPU run their 3x3 convolutions as Winograd F(4x4, 3x3) (0.7x the
-    step time of the official base, benchmarks/sampling.py); returns whether any did. Small models
+    step time of the official base, benchmarks/sampling.py); returns whether any did. ``params``:
+    the models' parameter count. Small models
     stay exact: they gain little, and the bundled ones' outputs do not move."""
     import torch
 
     from ..models.winograd import use_winograd
 
-    models = list(models)
-    if device.type != "cpu" or dtype != torch.float32 or \
-            sum(p.numel() for m in models for p in m.parameters()) < SMALL_MODEL_PARAMS:
+    if device.type != "cpu" or dtype != torch.float32 or params < SMALL_MODEL_PARAMS:
         return False
     return sum(use_winograd(m) for m in models) > 0
 
