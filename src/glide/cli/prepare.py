@@ -208,9 +208,9 @@ def prepare(command: str, prompts: list[str], options: dict[str, Any], *, clip: 
 
 def fast_convolutions(models, params: int, device, dtype) -> bool:
     """Large models in fp32 on a CPU run their 3x3 convolutions as Winograd F(4x4, 3x3) (0.7x the
-    step time of the official base, benchmarks/sampling.py); returns whether any did. ``params``:
-    the models' parameter count. Small models
-    stay exact: they gain little, and the bundled ones' outputs do not move."""
+    step time of the official base, benchmarks/sampling.py); returns whether any did. ``params`` is
+    the models' parameter count. Small models stay exact: they gain little, and the bundled ones'
+    outputs do not move."""
     import torch
 
     from ..models.winograd import use_winograd
